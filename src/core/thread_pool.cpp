@@ -1,0 +1,151 @@
+#include "instructblip/core/thread_pool.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace instructblip {
+
+namespace {
+
+thread_local bool t_in_worker = false;
+
+class Pool {
+ public:
+  Pool() : target_(int(std::max(1u, std::thread::hardware_concurrency()))) {}
+  ~Pool() { stop(); }
+
+  int size() const { return target_.load(); }
+  void resize(int n) {
+    std::lock_guard<std::mutex> job(job_mutex_);
+    stop();
+    target_ = std::max(1, n);
+  }
+
+  // Returns false when the pool is busy (another caller) so the caller runs inline.
+  bool run(std::int64_t chunks, const std::function<void(std::int64_t)>& task) {
+    std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
+    if (!job.owns_lock()) return false;
+    start();
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      task_ = &task;
+      chunks_ = chunks;
+      next_.store(0);
+      pending_ = std::int64_t(workers_.size());
+      error_ = nullptr;
+      ++generation_;
+    }
+    cv_.notify_all();
+    work();  // the caller takes chunks too
+    std::unique_lock<std::mutex> lk(m_);
+    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    task_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+
+ private:
+  void start() {
+    const int want = target_.load() - 1;
+    if (int(workers_.size()) == want) return;
+    stop();
+    quit_ = false;
+    for (int i = 0; i < want; ++i) workers_.emplace_back([this] { loop(); });
+  }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+  void work() {
+    for (;;) {
+      std::int64_t c = next_.fetch_add(1);
+      if (c >= chunks_) return;
+      try {
+        (*task_)(c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(m_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+  void loop() {
+    t_in_worker = true;
+    std::uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
+        if (quit_) return;
+        seen = generation_;
+      }
+      work();
+      std::lock_guard<std::mutex> lk(m_);
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+  }
+
+  std::atomic<int> target_;
+  std::mutex job_mutex_;
+  std::mutex m_;
+  std::condition_variable cv_, done_cv_;
+  std::vector<std::thread> workers_;
+  const std::function<void(std::int64_t)>* task_ = nullptr;
+  std::int64_t chunks_ = 0;
+  std::atomic<std::int64_t> next_{0};
+  std::int64_t pending_ = 0;
+  std::uint64_t generation_ = 0;
+  bool quit_ = false;
+  std::exception_ptr error_;
+};
+
+Pool& pool() {
+  static Pool p;
+  return p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+void set_num_threads(int n) { pool().resize(n); }
+
+void parallel_for(std::int64_t begin, std::int64_t end, std::int64_t grain,
+                  const std::function<void(std::int64_t, std::int64_t)>& fn) {
+  const std::int64_t n = end - begin;
+  if (n <= 0) return;
+  grain = std::max<std::int64_t>(1, grain);
+  const int threads = num_threads();
+  std::int64_t chunks = std::min<std::int64_t>(threads, (n + grain - 1) / grain);
+  if (chunks <= 1 || t_in_worker) {
+    fn(begin, end);
+    return;
+  }
+  const std::int64_t per = (n + chunks - 1) / chunks;
+  chunks = (n + per - 1) / per;
+  std::function<void(std::int64_t)> task = [&](std::int64_t c) {
+    const std::int64_t b = begin + c * per;
+    fn(b, std::min(end, b + per));
+  };
+  bool was = t_in_worker;
+  t_in_worker = true;  // the caller's own chunks must not re-enter the pool
+  bool ran = false;
+  try {
+    ran = pool().run(chunks, task);
+  } catch (...) {
+    t_in_worker = was;
+    throw;
+  }
+  t_in_worker = was;
+  if (!ran) fn(begin, end);
+}
+
+}  // namespace instructblip

@@ -1,0 +1,21 @@
+// A program that knows the library only through its installed package.
+#include <instructblip/instructblip.hpp>
+
+#include <cstdio>
+#include <string>
+
+int main(int argc, char** argv) {
+  using namespace instructblip;
+  Tensor x = Tensor::from_vector({2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6});
+  Tensor w = Tensor::from_vector({1, 3}, std::vector<float>{1, 1, 1});
+  MatrixF y(2, 1);
+  ops::linear<float>(x.matrix<float>(), w.matrix<float>(), nullptr, y);
+  if (y(0, 0) != 6.f || y(1, 0) != 15.f) return 1;
+  if (argc > 1) {
+    auto ckpt = io::Checkpoint::open(std::string(argv[1]) + "/t5-tiny/model");
+    auto cfg = InstructBlipConfig::from_json_file(std::string(argv[1]) + "/t5-tiny/model/config.json");
+    std::printf("version %s, %zu tensors, %lld query tokens\n", INSTRUCTBLIP_VERSION_STRING, ckpt.size(),
+                static_cast<long long>(cfg.num_query_tokens));
+  }
+  return 0;
+}
