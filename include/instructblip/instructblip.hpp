@@ -8,3 +8,7 @@
 #include "instructblip/config.hpp"
 #include "instructblip/io/safetensors.hpp"
 #include "instructblip/io/checkpoint.hpp"
+#include "instructblip/core/thread_pool.hpp"
+#include "instructblip/generation/generate.hpp"
+#include "instructblip/models/instructblip.hpp"
+#include "instructblip/processing/processor.hpp"

@@ -1,0 +1,113 @@
+#include "cli_args.hpp"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+namespace instructblip::cli {
+
+namespace {
+
+std::int64_t parse_int(const std::string& flag, const std::string& v, std::int64_t lo, std::int64_t hi) {
+  if (v.empty()) throw UsageError(flag + ": expected an integer, got an empty value");
+  char* end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (errno != 0 || end == v.c_str() || *end != '\0')
+    throw UsageError(flag + ": expected an integer, got '" + v + "'");
+  if (x < lo || x > hi)
+    throw UsageError(flag + ": " + v + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return x;
+}
+
+double parse_float(const std::string& flag, const std::string& v, double lo, double hi, bool lo_open = false) {
+  if (v.empty()) throw UsageError(flag + ": expected a number, got an empty value");
+  char* end = nullptr;
+  errno = 0;
+  double x = std::strtod(v.c_str(), &end);
+  if (errno != 0 || end == v.c_str() || *end != '\0' || !std::isfinite(x))
+    throw UsageError(flag + ": expected a number, got '" + v + "'");
+  if (x < lo || x > hi || (lo_open && x == lo))
+    throw UsageError(flag + ": " + v + " is out of range " + (lo_open ? "(" : "[") + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "]");
+  return x;
+}
+
+}  // namespace
+
+Options parse_args(int argc, const char* const* argv) {
+  Options o;
+  constexpr std::int64_t kMaxTokens = 1 << 16;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i] ? argv[i] : "";
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc || !argv[i + 1]) throw UsageError(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") o.help = true;
+    else if (a == "--version") o.version = true;
+    else if (a == "--model" || a == "-m") o.model_dir = value();
+    else if (a == "--image" || a == "-i") o.images.push_back(value());
+    else if (a == "--prompt" || a == "-p") o.prompts.push_back(value());
+    else if (a == "--max-new-tokens") o.max_new_tokens = parse_int(a, value(), 1, kMaxTokens);
+    else if (a == "--max-length") o.max_length = parse_int(a, value(), 1, kMaxTokens);
+    else if (a == "--min-length") o.min_length = parse_int(a, value(), 0, kMaxTokens);
+    else if (a == "--min-new-tokens") o.min_new_tokens = parse_int(a, value(), 0, kMaxTokens);
+    else if (a == "--num-beams") o.num_beams = parse_int(a, value(), 1, 64);
+    else if (a == "--length-penalty") o.length_penalty = parse_float(a, value(), -100.0, 100.0);
+    else if (a == "--repetition-penalty") o.repetition_penalty = parse_float(a, value(), 0.0, 100.0, true);
+    else if (a == "--num-return-sequences") o.num_return_sequences = parse_int(a, value(), 1, 64);
+    else if (a == "--do-sample") o.do_sample = true;
+    else if (a == "--temperature") o.temperature = parse_float(a, value(), 0.0, 100.0, true);
+    else if (a == "--top-k") o.top_k = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
+    else if (a == "--top-p") o.top_p = parse_float(a, value(), 0.0, 1.0);
+    else if (a == "--seed") o.seed = std::uint64_t(parse_int(a, value(), 0, std::numeric_limits<std::int64_t>::max()));
+    else if (a == "--threads") o.threads = int(parse_int(a, value(), 1, 1024));
+    else if (a == "--json") o.json = true;
+    else if (a == "--dump") o.dump_path = value();
+    else if (a == "--quiet" || a == "-q") o.quiet = true;
+    else throw UsageError("unknown option '" + a + "' (see --help)");
+  }
+  if (o.help || o.version) return o;
+  if (o.model_dir.empty()) throw UsageError("--model DIR is required");
+  if (o.images.empty()) throw UsageError("at least one --image FILE is required");
+  if (o.prompts.empty()) throw UsageError("at least one --prompt TEXT is required");
+  if (o.prompts.size() > o.images.size())
+    throw UsageError(std::to_string(o.prompts.size()) + " prompts for " + std::to_string(o.images.size()) +
+                     " images: give one prompt per image, or one for all");
+  if (o.prompts.size() != 1 && o.prompts.size() != o.images.size())
+    throw UsageError(std::to_string(o.prompts.size()) + " prompts for " + std::to_string(o.images.size()) +
+                     " images: give one prompt per image, or one for all");
+  if (o.num_return_sequences && o.num_beams && *o.num_return_sequences > *o.num_beams && !o.do_sample)
+    throw UsageError("--num-return-sequences must not exceed --num-beams");
+  return o;
+}
+
+std::string usage(const std::string& program) {
+  return "usage: " + program +
+         " --model DIR --image FILE --prompt TEXT [--image FILE [--prompt TEXT]] ... [options]\n"
+         "\n"
+         "Answers an instruction about an image with an InstructBLIP checkpoint in HuggingFace layout.\n"
+         "Image/prompt pairs form one batch; a single --prompt applies to every --image.\n"
+         "\n"
+         "generation (defaults: the checkpoint's generation config):\n"
+         "  --max-new-tokens N        tokens to generate at most\n"
+         "  --max-length N            total length at most (start token included)\n"
+         "  --min-length N            --min-new-tokens N\n"
+         "  --num-beams N             beam search with N beams\n"
+         "  --length-penalty F        beam score = sum_logprobs / length^F\n"
+         "  --repetition-penalty F    > 1 discourages repeats\n"
+         "  --num-return-sequences N  answers per image (beam search or sampling)\n"
+         "  --do-sample               multinomial sampling, with --temperature F --top-k N --top-p F --seed N\n"
+         "output:\n"
+         "  --json                    one JSON object: sequences, texts, timings_ms\n"
+         "  --dump FILE               write inputs and stage outputs as safetensors (compare with transformers)\n"
+         "  --quiet                   no progress or timings on stderr\n"
+         "  --threads N               worker threads (default: all cores)\n"
+         "  --help, --version\n"
+         "\n"
+         "exit status: 0 success, 1 runtime error (files, model, image), 2 usage error\n";
+}
+
+}  // namespace instructblip::cli

@@ -1,0 +1,43 @@
+#pragma once
+// Command-line options of instructblip-generate, parsed without touching the model, so that the
+// parser can be tested (and fuzzed) on its own.
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace instructblip::cli {
+
+/// A usage error: the message is printed on one line and the program exits with status 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  std::string model_dir;
+  std::vector<std::string> images;
+  std::vector<std::string> prompts;
+  // generation overrides (unset: the checkpoint's defaults)
+  std::optional<std::int64_t> max_new_tokens, max_length, min_length, min_new_tokens, num_beams, top_k,
+      num_return_sequences;
+  std::optional<double> length_penalty, repetition_penalty, temperature, top_p;
+  std::optional<std::uint64_t> seed;
+  bool do_sample = false;
+  int threads = 0;  // 0: all cores
+  bool json = false;
+  std::string dump_path;
+  bool quiet = false;
+  bool help = false;
+  bool version = false;
+};
+
+/// Parses argv[1..argc). Throws UsageError for unknown flags, missing or malformed values, values
+/// out of range, and inconsistent image / prompt counts.
+Options parse_args(int argc, const char* const* argv);
+
+/// The --help text.
+std::string usage(const std::string& program);
+
+}  // namespace instructblip::cli

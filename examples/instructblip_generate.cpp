@@ -1,0 +1,170 @@
+// instructblip-generate: answer an instruction about one or more images with an InstructBLIP
+// checkpoint in HuggingFace layout. Thin: parse the arguments, call the library, print.
+#include <instructblip/instructblip.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli_args.hpp"
+
+namespace {
+
+using namespace instructblip;
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+GenerationConfig generation_config(const GenerationConfig& base, const cli::Options& o) {
+  GenerationConfig g = base;
+  if (o.max_length) {
+    g.max_length = *o.max_length;
+    g.max_new_tokens.reset();
+  }
+  if (o.max_new_tokens) g.max_new_tokens = *o.max_new_tokens;
+  if (o.min_length) g.min_length = *o.min_length;
+  if (o.min_new_tokens) g.min_new_tokens = *o.min_new_tokens;
+  if (o.num_beams) g.num_beams = *o.num_beams;
+  if (o.length_penalty) g.length_penalty = *o.length_penalty;
+  if (o.repetition_penalty) g.repetition_penalty = *o.repetition_penalty;
+  if (o.num_return_sequences) g.num_return_sequences = *o.num_return_sequences;
+  if (o.do_sample) g.do_sample = true;
+  if (o.temperature) g.temperature = *o.temperature;
+  if (o.top_k) g.top_k = *o.top_k;
+  if (o.top_p) g.top_p = *o.top_p;
+  if (o.seed) g.seed = *o.seed;
+  return g;
+}
+
+Tensor to_tensor(const std::vector<std::vector<std::int64_t>>& rows) {
+  const std::int64_t B = std::int64_t(rows.size()), L = rows.empty() ? 0 : std::int64_t(rows[0].size());
+  Tensor t = Tensor::empty({B, L}, DType::I64);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t l = 0; l < L; ++l) t.data<std::int64_t>()[b * L + l] = rows[std::size_t(b)][std::size_t(l)];
+  return t;
+}
+
+int run(const cli::Options& o) {
+  if (o.threads > 0) set_num_threads(o.threads);
+  auto log = [&](const char* fmt, auto... args) {
+    if (!o.quiet) std::fprintf(stderr, fmt, args...);
+  };
+  const auto t0 = Clock::now();
+
+  // Inputs first: a bad image or prompt fails before the (slow) model load.
+  auto tp = Clock::now();
+  InstructBlipProcessor processor = InstructBlipProcessor::from_pretrained(o.model_dir);
+  std::vector<Image> images;
+  for (const auto& path : o.images) images.push_back(load_image(path));
+  ProcessorOutput inputs = processor(images, o.prompts);
+  const double preprocess_ms = ms_since(tp);
+
+  auto tl = Clock::now();
+  LoadOptions lo;
+  lo.progress = [&](const std::string& file, std::size_t bytes, std::size_t i, std::size_t n) {
+    log("instructblip-generate: mapped %s (%.1f MB) [%zu/%zu]\n", file.c_str(), double(bytes) / 1e6, i + 1, n);
+  };
+  auto model = InstructBlipForConditionalGeneration::from_pretrained(o.model_dir, lo);
+  const double load_ms = ms_since(tl);
+  log("instructblip-generate: loaded %s (%s language model) in %.0f ms\n", o.model_dir.c_str(),
+      model.config().text_model_type().c_str(), load_ms);
+
+  const GenerationConfig gen = generation_config(model.generation_config(), o);
+  const bool stream = !o.json && images.size() == 1 && gen.num_beams == 1 && gen.num_return_sequences == 1;
+  std::vector<std::int64_t> streamed;
+  std::string printed;
+  generation::GenerateHooks hooks;
+  if (stream)
+    hooks.on_tokens = [&](const std::vector<std::int64_t>& next) {
+      streamed.push_back(next[0]);
+      std::string text = processor.decode(streamed, /*skip_special_tokens=*/true);
+      // print only what is new; hold back while the text still ends inside a UTF-8 sequence
+      if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0 &&
+          (static_cast<unsigned char>(text.back()) & 0xC0) != 0x80 && static_cast<unsigned char>(text.back()) < 0xC0) {
+        std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
+        std::fflush(stdout);
+        printed = text;
+      }
+    };
+  GenerateTrace trace;
+  auto out = model.generate(inputs.pixel_values, inputs.qformer_input_ids, inputs.qformer_attention_mask,
+                            inputs.input_ids, inputs.attention_mask, gen, hooks, &trace);
+  const std::vector<std::string> texts = processor.batch_decode(out.sequences, /*skip_special_tokens=*/true);
+  const double total_ms = ms_since(t0);
+  const auto& tm = trace.timings;
+
+  if (!o.dump_path.empty()) {
+    io::save_safetensors(o.dump_path, {{"pixel_values", inputs.pixel_values},
+                                       {"qformer_input_ids", inputs.qformer_input_ids},
+                                       {"qformer_attention_mask", inputs.qformer_attention_mask},
+                                       {"input_ids", inputs.input_ids},
+                                       {"attention_mask", inputs.attention_mask},
+                                       {"vision.last_hidden_state", trace.vision.last_hidden_state},
+                                       {"vision.pooler_output", trace.vision.pooler_output},
+                                       {"qformer.last_hidden_state", trace.qformer_last_hidden_state},
+                                       {"language_model_inputs", trace.language_model_inputs},
+                                       {"first_step_logits", trace.first_step_logits},
+                                       {"sequences", to_tensor(out.sequences)}});
+    log("instructblip-generate: wrote %s\n", o.dump_path.c_str());
+  }
+
+  if (o.json) {
+    nlohmann::json j;
+    j["sequences"] = out.sequences;
+    j["texts"] = texts;
+    j["timings_ms"] = {{"load", load_ms},
+                       {"preprocess", preprocess_ms},
+                       {"vision", tm.vision_ms},
+                       {"qformer", tm.qformer_ms},
+                       {"prefill", tm.prefill_ms},
+                       {"decode", tm.decode_ms},
+                       {"decode_steps", tm.decode_steps},
+                       {"decode_per_token", tm.decode_ms_per_token()},
+                       {"total", total_ms}};
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else if (stream) {
+    const std::string& final_text = texts[0];
+    if (final_text.size() > printed.size() && final_text.compare(0, printed.size(), printed) == 0)
+      std::fwrite(final_text.data() + printed.size(), 1, final_text.size() - printed.size(), stdout);
+    std::fputs("\n", stdout);
+  } else {
+    for (const auto& t : texts) std::printf("%s\n", t.c_str());
+  }
+  std::fflush(stdout);
+  log("instructblip-generate: load %.0f ms | preprocess %.0f ms | vision %.0f ms | qformer %.0f ms | prefill %.0f ms"
+      " | decode %lld tokens, %.1f ms/token | total %.0f ms\n",
+      load_ms, preprocess_ms, tm.vision_ms, tm.qformer_ms, tm.prefill_ms, static_cast<long long>(tm.decode_steps),
+      tm.decode_ms_per_token(), total_ms);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* prog = "instructblip-generate";
+  cli::Options o;
+  try {
+    o = cli::parse_args(argc, argv);
+  } catch (const cli::UsageError& e) {
+    std::fprintf(stderr, "%s: %s\n", prog, e.what());
+    return 2;
+  }
+  if (o.help) {
+    std::fputs(cli::usage(prog).c_str(), stdout);
+    return 0;
+  }
+  if (o.version) {
+    std::printf("%s %s\n", prog, INSTRUCTBLIP_VERSION_STRING);
+    return 0;
+  }
+  try {
+    return run(o);
+  } catch (const InvalidArgument& e) {
+    std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,52 @@
+#pragma once
+// Decoding strategies with transformers 4.36.2's semantics: greedy search, multinomial
+// sampling, beam search and beam sampling, driven through the LanguageModel interface.
+//
+// Lengths are counted as transformers counts them: the running sequence starts with one token —
+// the decoder start token (encoder-decoder) or the placeholder `bos_token_id` that transformers
+// puts in front of an `inputs_embeds` generation (decoder-only; never fed to the model) — and
+// that token is part of the returned sequences, of `max_length` and of the repetition-penalty
+// history. `max_new_tokens` therefore means `max_length = 1 + max_new_tokens`.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "instructblip/config.hpp"
+#include "instructblip/core/tensor.hpp"
+#include "instructblip/models/language_model.hpp"
+
+namespace instructblip::generation {
+
+struct GenerateHooks {
+  /// Called after every step of greedy search / sampling with each row's new token (rows that
+  /// had already finished receive the pad id). Not called by beam search, whose hypotheses are
+  /// only known at the end.
+  std::function<void(const std::vector<std::int64_t>& next_tokens)> on_tokens;
+  /// Checked before every step; when it reads true, generation stops and returns what it has.
+  const std::atomic<bool>* abort = nullptr;
+};
+
+struct GenerateOutput {
+  /// [batch * num_return_sequences][length], finished rows padded with pad_token_id.
+  std::vector<std::vector<std::int64_t>> sequences;
+  /// Beam search: the final score of every returned hypothesis.
+  std::vector<float> sequences_scores;
+  /// With GenerationConfig::output_scores: the processed scores of each step, [rows, vocab].
+  std::vector<Tensor> scores;
+  /// True when the abort flag stopped generation early.
+  bool aborted = false;
+  /// Number of decoding steps (model calls) made.
+  std::int64_t steps = 0;
+};
+
+/// The settings as generate() will use them: validated, `max_length` derived from
+/// `max_new_tokens`, `pad_token_id` defaulted to the first EOS id when unset (as transformers
+/// does with a warning). Throws InvalidArgument on unusable settings.
+GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_encoder_decoder);
+
+/// Generates from a prompt given as embeddings (inputs_embeds [B, L, H], attention_mask [B, L]).
+GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_embeds, const Tensor& attention_mask,
+                        const GenerationConfig& cfg, const GenerateHooks& hooks = {});
+
+}  // namespace instructblip::generation

@@ -1,0 +1,98 @@
+#pragma once
+// InstructBlipForConditionalGeneration: the vision encoder, the Q-Former with its query tokens
+// and projection, and the language model (T5 or LLaMA, chosen by config.json), composed exactly
+// as transformers 4.36.2 composes them in forward() and generate().
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "instructblip/config.hpp"
+#include "instructblip/generation/generate.hpp"
+#include "instructblip/io/checkpoint.hpp"
+#include "instructblip/models/language_model.hpp"
+#include "instructblip/models/qformer.hpp"
+#include "instructblip/models/vision.hpp"
+
+namespace instructblip {
+
+/// Wall-clock milliseconds of each stage of one call.
+struct StageTimings {
+  double vision_ms = 0;
+  double qformer_ms = 0;   // Q-Former + projection + prompt embedding
+  double prefill_ms = 0;   // language model: prompt (T5 encoder / LLaMA prefill) and first token
+  double decode_ms = 0;    // language model: every later step
+  std::int64_t decode_steps = 0;
+  double decode_ms_per_token() const { return decode_steps ? decode_ms / double(decode_steps) : 0.0; }
+};
+
+/// Intermediate results of generate(), filled when a trace is passed (for --dump and timings).
+struct GenerateTrace {
+  models::VisionOutput vision;          // last_hidden_state, pooler_output
+  Tensor qformer_last_hidden_state;     // [B, Q + T, qformer hidden]
+  Tensor language_model_inputs;         // [B, Q, text hidden]
+  Tensor first_step_logits;             // [B, vocab]: raw LM logits that choose the first token
+  StageTimings timings;
+};
+
+struct LoadOptions {
+  /// Called once per mapped weight file (path, bytes, index, count).
+  io::Checkpoint::ProgressFn progress;
+};
+
+class InstructBlipForConditionalGeneration {
+ public:
+  /// Loads a HuggingFace checkpoint directory: config.json, generation_config.json (optional) and
+  /// model.safetensors or a sharded index. The weights stay memory-mapped (float32 checkpoints are
+  /// used in place; bf16 / f16 ones are widened to float32 at load, as transformers loads them
+  /// with torch_dtype=float32).
+  static InstructBlipForConditionalGeneration from_pretrained(const std::string& dir, const LoadOptions& options = {});
+
+  InstructBlipForConditionalGeneration(InstructBlipForConditionalGeneration&&) noexcept;
+  InstructBlipForConditionalGeneration& operator=(InstructBlipForConditionalGeneration&&) noexcept;
+  ~InstructBlipForConditionalGeneration();
+
+  const InstructBlipConfig& config() const;
+  /// Generation defaults: the language model's (GenerationConfig::from_model_config, which is what
+  /// transformers' InstructBLIP generate() hands to its language model), overlaid with the keys of
+  /// the checkpoint's generation_config.json when present. Callers copy and override it.
+  const GenerationConfig& generation_config() const;
+  const io::Checkpoint& checkpoint() const;
+  const models::VisionModel& vision_model() const;
+  const models::QFormer& qformer() const;
+  const models::QueryProjector& query_projector() const;
+  const models::LanguageModel& language_model() const;
+
+  struct ForwardOutput {
+    Tensor logits;                 // [B, T, vocab] (LLaMA with labels: the last labels.size(1) positions)
+    std::optional<float> loss;     // with labels
+    models::VisionOutput vision_outputs;
+    models::QFormerOutput qformer_outputs;
+    Tensor language_model_inputs;  // [B, Q, text hidden]
+    models::LMOutput language_model_outputs;
+  };
+
+  /// transformers' forward(): pixel_values [B,3,H,W] f32, qformer_input_ids [B,Tq] i64,
+  /// qformer_attention_mask [B,Tq] (undefined: ones), input_ids [B,T] i64, attention_mask [B,T]
+  /// (undefined: ones), T5 decoder_input_ids / labels (int64, -100 ignored) as transformers takes them.
+  ForwardOutput forward(const Tensor& pixel_values, const Tensor& qformer_input_ids,
+                        const Tensor& qformer_attention_mask, const Tensor& input_ids, const Tensor& attention_mask,
+                        const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
+                        bool output_hidden_states = false) const;
+
+  /// transformers' generate(): image -> queries -> projection, prepended to the prompt's
+  /// embeddings (input_ids undefined: [[bos_token_id]] per image), then the language model
+  /// generates with `generation_config`. For checkpoints whose text architectures[0] is spelled
+  /// "LLaMAForCausalLM", ids 0 in the output become 2, as transformers does.
+  generation::GenerateOutput generate(const Tensor& pixel_values, const Tensor& qformer_input_ids,
+                                      const Tensor& qformer_attention_mask, const Tensor& input_ids,
+                                      const Tensor& attention_mask, const GenerationConfig& generation_config,
+                                      const generation::GenerateHooks& hooks = {},
+                                      GenerateTrace* trace = nullptr) const;
+
+ private:
+  struct Impl;
+  explicit InstructBlipForConditionalGeneration(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace instructblip

@@ -1,0 +1,69 @@
+#pragma once
+// InstructBlipProcessor: one image processor and two tokenizers read from a checkpoint
+// directory (preprocessor_config.json; the language model's tokenizer files; the Q-Former's in
+// qformer_tokenizer/), turning images and instructions into the model's inputs and generated ids
+// back into text.
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "instructblip/core/tensor.hpp"
+#include "instructblip/processing/image.hpp"
+#include "instructblip/processing/image_processor.hpp"
+#include "instructblip/processing/tokenizer.hpp"
+
+namespace instructblip {
+
+/// transformers' BatchFeature of the processor.
+struct ProcessorOutput {
+  Tensor pixel_values;            // [B, 3, H, W] float32
+  Tensor input_ids;               // [B, T] int64 (language model tokenizer)
+  Tensor attention_mask;          // [B, T] int64
+  Tensor qformer_input_ids;       // [B, Tq] int64 (BERT tokenizer)
+  Tensor qformer_attention_mask;  // [B, Tq] int64
+};
+
+struct ProcessorOptions {
+  /// Pad every row to the longest (transformers' padding=True), on each tokenizer's padding
+  /// side. Default on, so that a batch of different prompts is always rectangular; it changes
+  /// nothing for a single prompt.
+  bool padding = true;
+  /// Truncate to max_length (or each tokenizer's model_max_length), special tokens counted.
+  bool truncation = false;
+  std::optional<std::int64_t> max_length;
+  bool add_special_tokens = true;
+};
+
+class InstructBlipProcessor {
+ public:
+  InstructBlipProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
+                        std::unique_ptr<Tokenizer> qformer_tokenizer);
+  /// Reads `dir`/preprocessor_config.json, the tokenizer in `dir` and the one in
+  /// `dir`/qformer_tokenizer (as transformers' InstructBlipProcessor.from_pretrained).
+  static InstructBlipProcessor from_pretrained(const std::string& dir);
+
+  /// One prompt per image; a single prompt with several images applies to every image.
+  /// Either list may be empty (then the corresponding outputs stay undefined).
+  ProcessorOutput operator()(const std::vector<Image>& images, const std::vector<std::string>& texts,
+                             const ProcessorOptions& options = {}) const;
+  ProcessorOutput operator()(const Image& image, const std::string& text, const ProcessorOptions& options = {}) const {
+    return (*this)(std::vector<Image>{image}, std::vector<std::string>{text}, options);
+  }
+
+  /// The language model tokenizer's batch_decode / decode.
+  std::vector<std::string> batch_decode(const std::vector<std::vector<std::int64_t>>& sequences,
+                                        bool skip_special_tokens = false) const;
+  std::string decode(const std::vector<std::int64_t>& ids, bool skip_special_tokens = false) const;
+
+  const ImageProcessor& image_processor() const { return image_processor_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const Tokenizer& qformer_tokenizer() const { return *qformer_tokenizer_; }
+
+ private:
+  ImageProcessor image_processor_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Tokenizer> qformer_tokenizer_;
+};
+
+}  // namespace instructblip

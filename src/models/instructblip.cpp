@@ -1,0 +1,234 @@
+#include "instructblip/models/instructblip.hpp"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "instructblip/models/llama.hpp"
+#include "instructblip/models/t5.hpp"
+
+namespace instructblip {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+Tensor ones_like_ids(const Tensor& ids) {
+  Tensor m = Tensor::empty(ids.shape(), DType::I64);
+  std::int64_t* p = m.data<std::int64_t>();
+  for (std::int64_t i = 0; i < m.numel(); ++i) p[i] = 1;
+  return m;
+}
+
+Tensor as_int64_mask(const Tensor& mask, const Tensor& ids, const char* what) {
+  if (!mask.defined()) return ones_like_ids(ids);
+  if (mask.shape() != ids.shape())
+    throw InvalidArgument(std::string(what) + " has shape " + shape_str(mask.shape()) + ", its ids " +
+                          shape_str(ids.shape()));
+  if (mask.dtype() == DType::I64) return mask;
+  if (mask.dtype() != DType::F32) throw InvalidArgument(std::string(what) + " must be int64 or float32");
+  Tensor m = Tensor::empty(mask.shape(), DType::I64);
+  for (std::int64_t i = 0; i < m.numel(); ++i) m.data<std::int64_t>()[i] = mask.f(i) != 0.0f ? 1 : 0;
+  return m;
+}
+
+// cat(language_model_inputs [B,Q,H], embeds [B,T,H]) along dim 1, and cat(ones(B,Q), mask).
+void concat_prompt(const Tensor& lmi, const Tensor& embeds, const Tensor& mask, Tensor* out_embeds, Tensor* out_mask) {
+  const std::int64_t B = lmi.dim(0), Q = lmi.dim(1), H = lmi.dim(2), T = embeds.dim(1);
+  *out_embeds = Tensor::empty({B, Q + T, H});
+  *out_mask = Tensor::empty({B, Q + T}, DType::I64);
+  float* e = out_embeds->data<float>();
+  std::int64_t* m = out_mask->data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b) {
+    std::memcpy(e + (b * (Q + T)) * H, lmi.data<float>() + b * Q * H, std::size_t(Q * H) * 4);
+    std::memcpy(e + (b * (Q + T) + Q) * H, embeds.data<float>() + b * T * H, std::size_t(T * H) * 4);
+    for (std::int64_t q = 0; q < Q; ++q) m[b * (Q + T) + q] = 1;
+    for (std::int64_t t = 0; t < T; ++t) m[b * (Q + T) + Q + t] = mask.data<std::int64_t>()[b * T + t];
+  }
+}
+
+// Forwards to the real language model, recording the first step's logits and step timings.
+class TracingLM final : public models::LanguageModel {
+ public:
+  TracingLM(const models::LanguageModel& lm, GenerateTrace* trace) : lm_(lm), trace_(trace) {}
+  std::int64_t vocab_size() const override { return lm_.vocab_size(); }
+  std::int64_t hidden_size() const override { return lm_.hidden_size(); }
+  bool is_encoder_decoder() const override { return lm_.is_encoder_decoder(); }
+  Tensor embed(const Tensor& ids) const override { return lm_.embed(ids); }
+  models::LMOutput forward(const Tensor& e, const Tensor& m, const Tensor& d, const Tensor& l, bool h) const override {
+    return lm_.forward(e, m, d, l, h);
+  }
+  std::unique_ptr<models::LMState> start(const Tensor& e, const Tensor& m, std::int64_t n) const override {
+    auto t = Clock::now();
+    auto s = lm_.start(e, m, n);
+    trace_->timings.prefill_ms += ms_since(t);
+    return s;
+  }
+  Tensor step(models::LMState& s, const std::vector<std::int64_t>& tokens) const override {
+    auto t = Clock::now();
+    Tensor logits = lm_.step(s, tokens);
+    const double ms = ms_since(t);
+    if (!first_done_) {
+      trace_->first_step_logits = logits.clone();
+      trace_->timings.prefill_ms += ms;
+      first_done_ = true;
+    } else {
+      trace_->timings.decode_ms += ms;
+      ++trace_->timings.decode_steps;
+    }
+    return logits;
+  }
+  void select_rows(models::LMState& s, const std::vector<std::int64_t>& idx) const override {
+    auto t = Clock::now();
+    lm_.select_rows(s, idx);
+    (first_done_ ? trace_->timings.decode_ms : trace_->timings.prefill_ms) += ms_since(t);
+  }
+
+ private:
+  const models::LanguageModel& lm_;
+  GenerateTrace* trace_;
+  mutable bool first_done_ = false;
+};
+
+}  // namespace
+
+struct InstructBlipForConditionalGeneration::Impl {
+  InstructBlipConfig config;
+  GenerationConfig generation_config;
+  io::Checkpoint checkpoint;
+  std::unique_ptr<models::VisionModel> vision;
+  std::unique_ptr<models::QFormer> qformer;
+  std::unique_ptr<models::QueryProjector> projector;
+  std::unique_ptr<models::LanguageModel> lm;
+
+  struct Prompt {
+    Tensor embeds, mask;
+  };
+
+  // image -> queries -> projection -> cat with the prompt's embeddings
+  Prompt prepare(const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
+                 const Tensor& input_ids_in, const Tensor& attention_mask_in, bool hidden,
+                 models::VisionOutput* vision_out, models::QFormerOutput* qformer_out, Tensor* lmi_out,
+                 StageTimings* timings) const {
+    if (pixel_values.ndim() != 4)
+      throw InvalidArgument("pixel_values must be [B, 3, H, W], got " + shape_str(pixel_values.shape()));
+    const std::int64_t B = pixel_values.dim(0);
+    if (qformer_input_ids.defined() && (qformer_input_ids.ndim() != 2 || qformer_input_ids.dim(0) != B))
+      throw InvalidArgument("qformer_input_ids must be [B, T] with B = " + std::to_string(B) + ", got " +
+                            shape_str(qformer_input_ids.shape()));
+    auto t = Clock::now();
+    *vision_out = vision->forward(pixel_values, hidden);
+    if (timings) timings->vision_ms += ms_since(t);
+    t = Clock::now();
+    Tensor qmask = qformer_input_ids.defined()
+                       ? as_int64_mask(qformer_attention_mask, qformer_input_ids, "qformer_attention_mask")
+                       : Tensor();
+    *qformer_out = qformer->forward(projector->query_tokens(), qformer_input_ids, qmask, vision_out->last_hidden_state,
+                                    hidden);
+    *lmi_out = projector->project(qformer_out->last_hidden_state);
+    Tensor input_ids = input_ids_in;
+    if (!input_ids.defined()) {
+      const auto bos = config.text_bos_token_id();
+      if (!bos) throw InvalidArgument("input_ids not given and the text config has no bos_token_id");
+      input_ids = Tensor::from_vector({B, 1}, std::vector<std::int64_t>(std::size_t(B), *bos));
+    }
+    if (input_ids.ndim() != 2 || input_ids.dim(0) != B || input_ids.dtype() != DType::I64)
+      throw InvalidArgument("input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
+                            shape_str(input_ids.shape()));
+    Tensor mask = as_int64_mask(attention_mask_in, input_ids, "attention_mask");
+    Prompt p;
+    concat_prompt(*lmi_out, lm->embed(input_ids), mask, &p.embeds, &p.mask);
+    if (timings) timings->qformer_ms += ms_since(t);
+    return p;
+  }
+};
+
+InstructBlipForConditionalGeneration::InstructBlipForConditionalGeneration(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+InstructBlipForConditionalGeneration::InstructBlipForConditionalGeneration(
+    InstructBlipForConditionalGeneration&&) noexcept = default;
+InstructBlipForConditionalGeneration& InstructBlipForConditionalGeneration::operator=(
+    InstructBlipForConditionalGeneration&&) noexcept = default;
+InstructBlipForConditionalGeneration::~InstructBlipForConditionalGeneration() = default;
+
+InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_pretrained(const std::string& dir,
+                                                                                         const LoadOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = InstructBlipConfig::from_json_file(dir + "/config.json");
+  impl->generation_config = GenerationConfig::from_model_config(impl->config);
+  const std::string gen_path = dir + "/generation_config.json";
+  if (file_exists(gen_path)) {
+    const GenerationConfig file = GenerationConfig::from_json_file(gen_path);
+    impl->generation_config = impl->generation_config.merged_with(file.to_json(), gen_path);
+  }
+  impl->checkpoint = io::Checkpoint::open(dir, options.progress);
+  const auto& ck = impl->checkpoint;
+  impl->vision = std::make_unique<models::VisionModel>(impl->config.vision_config, ck, "vision_model.");
+  impl->qformer = std::make_unique<models::QFormer>(impl->config.qformer_config, ck, "qformer.");
+  impl->projector = std::make_unique<models::QueryProjector>(impl->config, ck, "");
+  if (impl->config.is_t5())
+    impl->lm = std::make_unique<models::T5Model>(impl->config.t5(), ck, "language_model.");
+  else
+    impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), ck, "language_model.");
+  return InstructBlipForConditionalGeneration(std::move(impl));
+}
+
+const InstructBlipConfig& InstructBlipForConditionalGeneration::config() const { return impl_->config; }
+const GenerationConfig& InstructBlipForConditionalGeneration::generation_config() const {
+  return impl_->generation_config;
+}
+const io::Checkpoint& InstructBlipForConditionalGeneration::checkpoint() const { return impl_->checkpoint; }
+const models::VisionModel& InstructBlipForConditionalGeneration::vision_model() const { return *impl_->vision; }
+const models::QFormer& InstructBlipForConditionalGeneration::qformer() const { return *impl_->qformer; }
+const models::QueryProjector& InstructBlipForConditionalGeneration::query_projector() const {
+  return *impl_->projector;
+}
+const models::LanguageModel& InstructBlipForConditionalGeneration::language_model() const { return *impl_->lm; }
+
+InstructBlipForConditionalGeneration::ForwardOutput InstructBlipForConditionalGeneration::forward(
+    const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
+    const Tensor& input_ids, const Tensor& attention_mask, const Tensor& decoder_input_ids, const Tensor& labels,
+    bool output_hidden_states) const {
+  if (!input_ids.defined()) throw InvalidArgument("forward: input_ids are required");
+  ForwardOutput out;
+  auto p = impl_->prepare(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask,
+                          output_hidden_states, &out.vision_outputs, &out.qformer_outputs, &out.language_model_inputs,
+                          nullptr);
+  out.language_model_outputs = impl_->lm->forward(p.embeds, p.mask, decoder_input_ids, labels, output_hidden_states);
+  out.logits = out.language_model_outputs.logits;
+  out.loss = out.language_model_outputs.loss;
+  return out;
+}
+
+generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
+    const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
+    const Tensor& input_ids, const Tensor& attention_mask, const GenerationConfig& generation_config,
+    const generation::GenerateHooks& hooks, GenerateTrace* trace) const {
+  GenerateTrace local;
+  GenerateTrace* tr = trace ? trace : &local;
+  models::QFormerOutput qf;
+  auto p = impl_->prepare(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask, false,
+                          &tr->vision, &qf, &tr->language_model_inputs, &tr->timings);
+  tr->qformer_last_hidden_state = qf.last_hidden_state;
+  TracingLM lm(*impl_->lm, tr);
+  generation::GenerateOutput out = generation::generate(lm, p.embeds, p.mask, generation_config, hooks);
+  if (impl_->config.is_llama()) {
+    const auto& arch = impl_->config.llama().architectures;
+    if (!arch.empty() && arch.front() == "LLaMAForCausalLM")
+      for (auto& row : out.sequences)
+        for (auto& id : row)
+          if (id == 0) id = 2;
+  }
+  return out;
+}
+
+}  // namespace instructblip
