@@ -20,4 +20,7 @@ fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
-./build/examples/instructblip-inspect tests/data/t5-tiny/model | tail -n 1
+# The demo: the whole pipeline on the bundled tiny checkpoint (random weights: the answer is noise).
+./build/examples/instructblip-generate --model models/tiny-random-flan-t5 \
+    --image examples/images/Confusing-Pictures.jpg --prompt "What is unusual about this image?" \
+    --num-beams 5 --max-new-tokens 20

@@ -1,0 +1,209 @@
+// instructblip-generate as a user runs it: --json output equal to transformers' generate on the
+// fixture checkpoints, --dump tensors equal to the reference stages, the streamed plain output,
+// and one readable line with the documented exit status for every kind of bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli_args.hpp"
+#include "instructblip/io/safetensors.hpp"
+#include "reference_util.hpp"
+
+using namespace instructblip;
+using ibtest::Reference;
+
+namespace {
+
+struct Result {
+  int status = -1;  // exit status; -1 if killed by a signal
+  std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Result run_cli(const std::vector<std::string>& args) {
+  const std::string err_file = ibtest::tmp_dir() + "/cli_stderr.txt";
+  std::string cmd = quote(IB_CLI_PATH);
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " 2>" + quote(err_file) + " </dev/null";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  std::ifstream e(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  return r;
+}
+
+std::vector<std::string> input_args(const Reference& ref, const std::string& input) {
+  std::vector<std::string> a = {"--model", ref.model_dir()};
+  const auto& in = ref.json["inputs"][input];
+  std::vector<std::string> texts;
+  if (in["text"].is_string()) texts.push_back(in["text"].get<std::string>());
+  else texts = in["text"].get<std::vector<std::string>>();
+  std::size_t i = 0;
+  for (const auto& f : in["images"]) {
+    const std::string path = f.get<std::string>();
+    a.insert(a.end(), {"--image", ibtest::data_dir() + "/images/" + path.substr(path.rfind('/') + 1)});
+    if (i < texts.size()) a.insert(a.end(), {"--prompt", texts[i]});
+    ++i;
+  }
+  return a;
+}
+
+std::vector<std::string> kwargs_args(const nlohmann::json& kw) {
+  std::vector<std::string> a;
+  for (auto it = kw.begin(); it != kw.end(); ++it) {
+    std::string flag = "--" + it.key();
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    if (it.key() == "do_sample") {
+      if (it.value().get<bool>()) a.push_back("--do-sample");
+      continue;
+    }
+    a.push_back(flag);
+    a.push_back(it.value().is_number_integer() ? std::to_string(it.value().get<long long>()) : it.value().dump());
+  }
+  return a;
+}
+
+bool one_line(const std::string& s) { return !s.empty() && s.find('\n') == s.size() - 1; }
+
+}  // namespace
+
+class CliReference : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CliReference, JsonSequencesAndTextsEqualTransformers) {
+  Reference ref(GetParam());
+  for (const std::string input : {"a", "b"})
+    for (auto it = ref.json["generation"].begin(); it != ref.json["generation"].end(); ++it) {
+      auto args = input_args(ref, input);
+      args.push_back("--json");
+      args.push_back("--quiet");
+      for (const auto& a : kwargs_args(it.value()["kwargs"])) args.push_back(a);
+      Result r = run_cli(args);
+      ASSERT_EQ(r.status, 0) << r.err;
+      EXPECT_TRUE(r.err.empty()) << r.err;  // --quiet
+      auto j = nlohmann::json::parse(r.out);
+      EXPECT_EQ(j["sequences"], it.value()[input]["sequences"]) << GetParam() << " " << input << " " << it.key();
+      EXPECT_EQ(j["texts"], it.value()[input]["text"]) << it.key();
+      for (const char* k : {"load", "vision", "qformer", "prefill", "decode"}) EXPECT_TRUE(j["timings_ms"].contains(k));
+    }
+}
+
+TEST_P(CliReference, DumpTensorsEqualReferenceStages) {
+  Reference ref(GetParam());
+  for (const std::string input : {"a", "b"}) {
+    const std::string dump = ibtest::tmp_dir() + "/dump_" + GetParam() + "_" + input + ".safetensors";
+    auto args = input_args(ref, input);
+    args.insert(args.end(), {"--json", "--quiet", "--max-new-tokens", "20", "--dump", dump});
+    Result r = run_cli(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto d = io::SafeTensors::open(dump);
+    for (const char* k : {"pixel_values", "vision.last_hidden_state", "vision.pooler_output", "qformer.last_hidden_state",
+                          "language_model_inputs"})
+      EXPECT_LE(ibtest::max_abs_diff(d.get(k), ref.get(input + "." + k)), 1e-4) << k;
+    for (const char* k : {"input_ids", "attention_mask", "qformer_input_ids", "qformer_attention_mask"})
+      EXPECT_TRUE(ibtest::same_ids(d.get(k), ref.get(input + "." + k))) << k;
+    // first_step_logits = the greedy run's first scores (no logits processor is active there)
+    Tensor scores = ref.get(input + ".gen.greedy.scores");  // [B, steps, V]
+    Tensor first = d.get("first_step_logits");             // [B, V]
+    const std::int64_t B = scores.dim(0), steps = scores.dim(1), V = scores.dim(2);
+    ASSERT_EQ(first.shape(), (Shape{B, V}));
+    double err = 0;
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t v = 0; v < V; ++v) err = std::max(err, double(std::fabs(first.f(b * V + v) - scores.f(b * steps * V + v))));
+    EXPECT_LE(err, 1e-4);
+  }
+}
+
+TEST_P(CliReference, PlainModeStreamsTheAnswer) {
+  Reference ref(GetParam());
+  auto args = input_args(ref, "a");
+  args.insert(args.end(), {"--max-new-tokens", "20"});
+  Result r = run_cli(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, ref.json["generation"]["greedy"]["a"]["text"][0].get<std::string>() + "\n");
+  EXPECT_NE(r.err.find("mapped"), std::string::npos);   // load progress
+  EXPECT_NE(r.err.find("ms/token"), std::string::npos); // timing summary
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CliReference, ::testing::Values("t5-tiny", "llama-tiny"),
+                         [](const auto& info) { return info.param == "t5-tiny" ? std::string("t5_tiny") : std::string("llama_tiny"); });
+
+TEST(Cli, HelpAndVersion) {
+  Result h = run_cli({"--help"});
+  EXPECT_EQ(h.status, 0);
+  EXPECT_NE(h.out.find("--num-beams"), std::string::npos);
+  Result v = run_cli({"--version"});
+  EXPECT_EQ(v.status, 0);
+  EXPECT_NE(v.out.find("instructblip-generate"), std::string::npos);
+}
+
+TEST(Cli, BadInputsGiveOneLineAndTheirExitStatus) {
+  const std::string model = ibtest::data_dir() + "/t5-tiny/model";
+  const std::string image = ibtest::data_dir() + "/images/Confusing-Pictures.jpg";
+  const std::string tmp = ibtest::tmp_dir();
+  // a corrupt image and a corrupt checkpoint
+  { std::ofstream(tmp + "/corrupt.jpg", std::ios::binary) << "\xff\xd8\xff\xe0 not really a jpeg"; }
+  const std::string broken = tmp + "/broken-model";
+  std::system(("rm -rf " + quote(broken) + " && cp -r " + quote(model) + " " + quote(broken)).c_str());
+  {
+    std::ifstream in(model + "/model.safetensors", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(broken + "/model.safetensors", std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 3);
+  }
+  struct Bad {
+    std::vector<std::string> args;
+    int status;
+    std::string needle;
+  };
+  const std::vector<Bad> cases = {
+      {{"--model", tmp + "/no-such-model", "--image", image, "--prompt", "x"}, 1, "no-such-model"},
+      {{"--model", model, "--image", tmp + "/no-such.jpg", "--prompt", "x"}, 1, "no-such.jpg"},
+      {{"--model", model, "--image", tmp + "/corrupt.jpg", "--prompt", "x"}, 1, "corrupt.jpg"},
+      {{"--model", broken, "--image", image, "--prompt", "x"}, 1, "model.safetensors"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--frobnicate"}, 2, "--frobnicate"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--num-beams", "0"}, 2, "--num-beams"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--top-p", "2"}, 2, "--top-p"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--max-new-tokens", "ten"}, 2, "--max-new-tokens"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--prompt", "y"}, 2, "2 prompts for 1 images"},
+      {{"--model", model, "--image", image}, 2, "--prompt"},
+      {{"--image", image, "--prompt", "x"}, 2, "--model"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--seed"}, 2, "--seed needs a value"},
+      {{"--model", model, "--image", image, "--prompt", std::string("bad \xff\xfe utf-8")}, 2, "UTF-8"},
+  };
+  for (const auto& c : cases) {
+    Result r = run_cli(c.args);
+    EXPECT_EQ(r.status, c.status) << c.needle << ": " << r.err;
+    EXPECT_TRUE(one_line(r.err)) << c.needle << ": [" << r.err << "]";
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+TEST(CliArgs, ParsesPairsAndRejectsBadValues) {
+  const char* ok[] = {"x", "--model", "m", "--image", "a.jpg", "--image", "b.jpg", "--prompt", "p",
+                      "--num-beams", "3", "--top-p", "0.5", "--seed", "7", "--do-sample"};
+  auto o = cli::parse_args(16, ok);
+  EXPECT_EQ(o.images.size(), 2u);
+  EXPECT_EQ(o.prompts.size(), 1u);
+  EXPECT_EQ(*o.num_beams, 3);
+  EXPECT_EQ(*o.top_p, 0.5);
+  EXPECT_EQ(*o.seed, 7u);
+  EXPECT_TRUE(o.do_sample);
+  const char* neg[] = {"x", "--model", "m", "--image", "a", "--prompt", "p", "--temperature", "-1"};
+  EXPECT_THROW(cli::parse_args(9, neg), cli::UsageError);
+  const char* nan[] = {"x", "--model", "m", "--image", "a", "--prompt", "p", "--length-penalty", "nan"};
+  EXPECT_THROW(cli::parse_args(9, nan), cli::UsageError);
+}
