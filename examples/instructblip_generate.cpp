@@ -2,6 +2,7 @@
 // checkpoint in HuggingFace layout. Thin: parse the arguments, call the library, print.
 #include <instructblip/instructblip.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -45,6 +46,24 @@ Tensor to_tensor(const std::vector<std::vector<std::int64_t>>& rows) {
   return t;
 }
 
+// batch_decode(skip_special_tokens=True). A model's embedding matrix may have more rows than its
+// tokenizer has ids (Flan-T5: 32128 vs 32100); such ids have no text, so they are left out of the
+// printed answer with a warning instead of failing the whole run. `sequences` stay exact.
+std::vector<std::string> decode_texts(const InstructBlipProcessor& processor,
+                                      std::vector<std::vector<std::int64_t>> rows, bool warn) {
+  const std::int64_t n = processor.tokenizer().size();
+  std::size_t dropped = 0;
+  for (auto& r : rows) {
+    const std::size_t before = r.size();
+    r.erase(std::remove_if(r.begin(), r.end(), [&](std::int64_t id) { return id < 0 || id >= n; }), r.end());
+    dropped += before - r.size();
+  }
+  if (dropped && warn)
+    std::fprintf(stderr, "instructblip-generate: warning: %zu generated ids have no entry in the tokenizer (%lld ids); left out of the text\n",
+                 dropped, static_cast<long long>(n));
+  return processor.batch_decode(rows, /*skip_special_tokens=*/true);
+}
+
 int run(const cli::Options& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   auto log = [&](const char* fmt, auto... args) {
@@ -78,7 +97,7 @@ int run(const cli::Options& o) {
   if (stream)
     hooks.on_tokens = [&](const std::vector<std::int64_t>& next) {
       streamed.push_back(next[0]);
-      std::string text = processor.decode(streamed, /*skip_special_tokens=*/true);
+      std::string text = decode_texts(processor, {streamed}, false)[0];
       // print only what is new; hold back while the text still ends inside a UTF-8 sequence
       if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0 &&
           (static_cast<unsigned char>(text.back()) & 0xC0) != 0x80 && static_cast<unsigned char>(text.back()) < 0xC0) {
@@ -90,7 +109,7 @@ int run(const cli::Options& o) {
   GenerateTrace trace;
   auto out = model.generate(inputs.pixel_values, inputs.qformer_input_ids, inputs.qformer_attention_mask,
                             inputs.input_ids, inputs.attention_mask, gen, hooks, &trace);
-  const std::vector<std::string> texts = processor.batch_decode(out.sequences, /*skip_special_tokens=*/true);
+  const std::vector<std::string> texts = decode_texts(processor, out.sequences, !o.quiet);
   const double total_ms = ms_since(t0);
   const auto& tm = trace.timings;
 

@@ -1,0 +1,170 @@
+// instructblip-random-checkpoint: writes an InstructBLIP checkpoint with random weights in the
+// HuggingFace layout (config.json, model.safetensors, generation_config.json) at the real
+// Flan-T5-XL size, streaming tensor by tensor so that a 16 GB file needs little memory. The
+// processor files (tokenizers, preprocessor_config.json) are copied from another checkpoint.
+// Used to measure load time, speed and peak memory of full-size runs without a download.
+#include <instructblip/instructblip.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+using namespace instructblip;
+using Specs = std::vector<std::pair<std::string, Shape>>;
+
+namespace {
+
+T5Config flan_t5_xl() {
+  T5Config t;
+  t.vocab_size = 32128;
+  t.d_model = 2048;
+  t.d_kv = 64;
+  t.d_ff = 5120;
+  t.num_layers = 24;
+  t.num_decoder_layers = 24;
+  t.num_heads = 32;
+  t.feed_forward_proj = "gated-gelu";
+  t.dense_act_fn = "gelu";
+  t.is_gated_act = true;
+  t.tie_word_embeddings = false;
+  t.decoder_start_token_id = 0;
+  t.architectures = {"T5ForConditionalGeneration"};
+  return t;
+}
+
+Specs t5_specs(const T5Config& c, const std::string& p) {
+  Specs s;
+  const std::int64_t D = c.d_model, I = c.d_kv * c.num_heads, F = c.d_ff;
+  s.push_back({p + "shared.weight", {c.vocab_size, D}});
+  auto attn = [&](const std::string& n) {
+    for (const char* w : {"q", "k", "v"}) s.push_back({n + "." + w + ".weight", {I, D}});
+    s.push_back({n + ".o.weight", {D, I}});
+  };
+  auto ffn = [&](const std::string& n) {
+    if (c.is_gated_act) {
+      s.push_back({n + ".DenseReluDense.wi_0.weight", {F, D}});
+      s.push_back({n + ".DenseReluDense.wi_1.weight", {F, D}});
+    } else {
+      s.push_back({n + ".DenseReluDense.wi.weight", {F, D}});
+    }
+    s.push_back({n + ".DenseReluDense.wo.weight", {D, F}});
+    s.push_back({n + ".layer_norm.weight", {D}});
+  };
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string b = p + "encoder.block." + std::to_string(l) + ".layer.";
+    attn(b + "0.SelfAttention");
+    if (l == 0) s.push_back({b + "0.SelfAttention.relative_attention_bias.weight", {c.relative_attention_num_buckets, c.num_heads}});
+    s.push_back({b + "0.layer_norm.weight", {D}});
+    ffn(b + "1");
+  }
+  s.push_back({p + "encoder.final_layer_norm.weight", {D}});
+  for (std::int64_t l = 0; l < c.num_decoder_layers; ++l) {
+    const std::string b = p + "decoder.block." + std::to_string(l) + ".layer.";
+    attn(b + "0.SelfAttention");
+    if (l == 0) s.push_back({b + "0.SelfAttention.relative_attention_bias.weight", {c.relative_attention_num_buckets, c.num_heads}});
+    s.push_back({b + "0.layer_norm.weight", {D}});
+    attn(b + "1.EncDecAttention");
+    s.push_back({b + "1.layer_norm.weight", {D}});
+    ffn(b + "2");
+  }
+  s.push_back({p + "decoder.final_layer_norm.weight", {D}});
+  if (!c.tie_word_embeddings) s.push_back({p + "lm_head.weight", {c.vocab_size, D}});
+  return s;
+}
+
+// Random values ~ U(-a, a) with a = 1/sqrt(fan_in) for matrices; norm weights near 1.
+void fill(float* x, std::int64_t n, std::int64_t fan_in, bool norm, std::uint64_t& state) {
+  const float a = norm ? 0.1f : 1.0f / std::sqrt(float(std::max<std::int64_t>(fan_in, 1)));
+  for (std::int64_t i = 0; i < n; ++i) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    const float u = float(state >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+    x[i] = (norm ? 1.0f : 0.0f) + a * u;
+  }
+}
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) return;
+  std::ofstream out(to, std::ios::binary | std::ios::trunc);
+  out << in.rdbuf();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help")) {
+    std::fprintf(stderr,
+                 "usage: %s OUT_DIR [--processor-from DIR] [--dtype f32|bf16]\n"
+                 "writes a random-weight InstructBLIP-Flan-T5-XL checkpoint (vision ViT-g/14, Q-Former, Flan-T5-XL)\n",
+                 argv[0]);
+    return 2;
+  }
+  const std::string out = argv[1];
+  std::string processor_from = "models/tiny-random-flan-t5";
+  DType dtype = DType::F32;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--processor-from")) processor_from = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--dtype")) dtype = !std::strcmp(argv[i + 1], "bf16") ? DType::BF16 : DType::F32;
+  }
+  try {
+    std::system(("mkdir -p '" + out + "/qformer_tokenizer'").c_str());
+    InstructBlipConfig cfg = InstructBlipConfig::from_vision_qformer_text_configs(VisionConfig{}, QFormerConfig{}, flan_t5_xl());
+    cfg.architectures = {"InstructBlipForConditionalGeneration"};
+    std::ofstream(out + "/config.json") << cfg.to_json().dump(2);
+    std::ofstream(out + "/generation_config.json") << GenerationConfig::from_model_config(cfg).to_json().dump(2);
+    for (const char* f : {"preprocessor_config.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json",
+                          "added_tokens.json", "qformer_tokenizer/vocab.txt", "qformer_tokenizer/tokenizer_config.json",
+                          "qformer_tokenizer/special_tokens_map.json", "qformer_tokenizer/added_tokens.json"})
+      copy_file(processor_from + "/" + f, out + "/" + f);
+
+    Specs specs = models::VisionModel::tensor_specs(cfg.vision_config, "vision_model.");
+    for (auto& s : models::QFormer::tensor_specs(cfg.qformer_config, "qformer.")) specs.push_back(s);
+    for (auto& s : models::QueryProjector::tensor_specs(cfg, "")) specs.push_back(s);
+    for (auto& s : t5_specs(cfg.t5(), "language_model.")) specs.push_back(s);
+    std::sort(specs.begin(), specs.end());
+
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    header["__metadata__"] = {{"format", "pt"}};
+    std::uint64_t off = 0;
+    for (const auto& [name, shape] : specs) {
+      const std::uint64_t bytes = std::uint64_t(shape_numel(shape)) * dtype_size(dtype);
+      header[name] = {{"dtype", dtype_name(dtype)}, {"shape", shape}, {"data_offsets", {off, off + bytes}}};
+      off += bytes;
+    }
+    std::string h = header.dump();
+    while (h.size() % 8) h.push_back(' ');
+    std::FILE* f = std::fopen((out + "/model.safetensors").c_str(), "wb");
+    if (!f) throw IoError(out + "/model.safetensors: cannot open for writing");
+    std::uint64_t n = h.size();
+    std::fwrite(&n, 8, 1, f);
+    std::fwrite(h.data(), 1, h.size(), f);
+    std::uint64_t state = 0x9E3779B97F4A7C15ull;
+    std::vector<float> buf;
+    std::vector<std::uint16_t> half;
+    for (const auto& [name, shape] : specs) {
+      const std::int64_t numel = shape_numel(shape);
+      // 1-d ".weight" tensors are exactly the norms' scales
+      const bool norm = shape.size() == 1 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+      buf.resize(std::size_t(numel));
+      fill(buf.data(), numel, shape.size() > 1 ? shape.back() : 1, norm, state);
+      if (dtype == DType::F32) {
+        std::fwrite(buf.data(), 4, buf.size(), f);
+      } else {
+        half.resize(buf.size());
+        convert_from_f32(buf.data(), DType::BF16, half.data(), buf.size());
+        std::fwrite(half.data(), 2, half.size(), f);
+      }
+    }
+    if (std::fclose(f) != 0) throw IoError(out + "/model.safetensors: write failed");
+    std::printf("%s: %zu tensors, %.2f GB\n", out.c_str(), specs.size(), double(off) / 1e9);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "instructblip-random-checkpoint: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
