@@ -1,0 +1,770 @@
+// Image decoding, Pillow-exact resize and BlipImageProcessor against the transformers 4.36.2 +
+// Pillow 9.4 references in tests/data/image_processor/ (see reference.json there).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "instructblip/core/error.hpp"
+#include "instructblip/core/tensor.hpp"
+#include "instructblip/io/safetensors.hpp"
+#include "instructblip/processing/image.hpp"
+#include "instructblip/processing/image_processor.hpp"
+
+namespace ib = instructblip;
+using nlohmann::json;
+
+namespace {
+
+const std::string kData = IB_TEST_DATA_DIR;
+const std::string kRefDir = kData + "/image_processor";
+const std::string kTmp = IB_TEST_TMP_DIR;
+
+json reference_json() {
+  std::ifstream in(kRefDir + "/reference.json");
+  EXPECT_TRUE(in.good());
+  return json::parse(in);
+}
+
+const ib::io::SafeTensors& reference() {
+  static const ib::io::SafeTensors st = ib::io::SafeTensors::open(kRefDir + "/reference.safetensors");
+  return st;
+}
+
+std::string resolve(const std::string& file) {
+  const std::string shared = "shared/data/";
+  if (file.rfind(shared, 0) == 0) return kData + "/" + file.substr(shared.size());
+  return kRefDir + "/" + file;
+}
+
+// "Confusing-Pictures.rgb_uint8 (HxWx3 uint8, ...)" -> "Confusing-Pictures.rgb_uint8"
+std::string key_of(const json& v) {
+  const std::string s = v.get<std::string>();
+  return s.substr(0, s.find(' '));
+}
+
+ib::ImageProcessor reference_processor() {
+  return ib::ImageProcessor::from_json(reference_json()["preprocessor_config"], "reference.json");
+}
+
+struct Diff {
+  double max_abs = 0;
+  std::int64_t differing = 0;  // elements whose bits differ
+};
+
+Diff compare(const ib::Tensor& got, const ib::Tensor& want) {
+  EXPECT_EQ(got.shape(), want.shape());
+  Diff d;
+  if (got.shape() != want.shape()) {
+    d.max_abs = INFINITY;
+    return d;
+  }
+  const float* a = got.data<float>();
+  const float* b = want.data<float>();
+  for (std::int64_t i = 0; i < got.numel(); ++i) {
+    const double e = std::fabs(double(a[i]) - double(b[i]));
+    d.max_abs = std::max(d.max_abs, e);
+    if (ib::f32_bits(a[i]) != ib::f32_bits(b[i])) ++d.differing;
+  }
+  return d;
+}
+
+/// The Pillow-resized uint8 image behind a reference pixel_values (reference.json: recoverable as
+/// round((pixel_values * std + mean) * 255), computed in float64).
+ib::Image recover_u8(const ib::Tensor& pv, const json& cfg) {
+  const int h = int(pv.dim(2)), w = int(pv.dim(3));
+  ib::Image out(w, h);
+  const float* p = pv.data<float>();
+  for (int c = 0; c < 3; ++c) {
+    const double mean = cfg["image_mean"][c].get<double>(), sd = cfg["image_std"][c].get<double>();
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) {
+        const double v = std::nearbyint((double(p[(std::size_t(c) * h + y) * w + x]) * sd + mean) * 255.0);
+        out.rgb[(std::size_t(y) * w + x) * 3 + c] = std::uint8_t(std::clamp(v, 0.0, 255.0));
+      }
+  }
+  return out;
+}
+
+std::vector<std::uint8_t> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string write_tmp(const std::string& name, const std::vector<std::uint8_t>& bytes) {
+  const std::string path = kTmp + "/" + name;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+  return path;
+}
+
+std::string pixel_key(const json& e) {
+  // 1x1 / 40x3: the channels_last result (HF mis-infers channels-first for these)
+  if (e.contains("pixel_values_channels_last")) return key_of(e["pixel_values_channels_last"]);
+  return key_of(e["pixel_values"]);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Every reference image: decoding, resize, pixel_values.
+
+TEST(ImageReference, DecodedPixelsMatchPillow) {
+  const json ref = reference_json();
+  int checked = 0;
+  for (const auto& e : ref["images"]) {
+    const std::string file = e["file"].get<std::string>();
+    SCOPED_TRACE(file);
+    const ib::Image img = ib::load_image(resolve(file));
+    EXPECT_EQ(img.width, e["size_wh"][0].get<int>());
+    EXPECT_EQ(img.height, e["size_wh"][1].get<int>());
+    if (!e.contains("rgb_uint8")) continue;
+    const ib::Tensor want = reference().get(key_of(e["rgb_uint8"]));
+    ASSERT_EQ(want.shape(), (ib::Shape{img.height, img.width, 3}));
+    const auto* w = static_cast<const std::uint8_t*>(want.raw());
+    std::size_t mismatches = 0;
+    int max_diff = 0;
+    for (std::size_t i = 0; i < img.rgb.size(); ++i) {
+      const int d = std::abs(int(img.rgb[i]) - int(w[i]));
+      if (d) ++mismatches;
+      max_diff = std::max(max_diff, d);
+    }
+    EXPECT_EQ(mismatches, 0u) << "max difference " << max_diff;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 9);
+}
+
+TEST(ImageReference, DecodeFromMemoryEqualsLoad) {
+  for (const char* f : {"inputs/progressive_96x64.jpg", "inputs/palette_P_50x37.png", "inputs/cmyk_48x40.jpg"}) {
+    const auto bytes = read_file(resolve(f));
+    const ib::Image a = ib::decode_image(bytes.data(), bytes.size());
+    const ib::Image b = ib::load_image(resolve(f));
+    EXPECT_EQ(a.width, b.width);
+    EXPECT_EQ(a.height, b.height);
+    EXPECT_EQ(a.rgb, b.rgb) << f;
+  }
+}
+
+TEST(ImageReference, ResizeMatchesPillowExactly) {
+  // The uint8 image Pillow's resize produced, recovered from pixel_values, vs resize_image().
+  const json ref = reference_json();
+  const json& cfg = ref["preprocessor_config"];
+  for (const auto& e : ref["images"]) {
+    const std::string file = e["file"].get<std::string>();
+    SCOPED_TRACE(file);
+    const ib::Image img = ib::load_image(resolve(file));
+    const ib::Image resized = ib::resize_image(img, 224, 224, ib::Resample::Bicubic);
+    const ib::Image want = recover_u8(reference().get(pixel_key(e)), cfg);
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < want.rgb.size(); ++i) mismatches += resized.rgb[i] != want.rgb[i];
+    EXPECT_EQ(mismatches, 0u);
+  }
+}
+
+TEST(ImageReference, PixelValuesMatchTransformers) {
+  const json ref = reference_json();
+  const ib::ImageProcessor proc = reference_processor();
+  double worst = 0;
+  for (const auto& e : ref["images"]) {
+    const std::string file = e["file"].get<std::string>();
+    SCOPED_TRACE(file);
+    const ib::Tensor got = proc.preprocess(ib::load_image(resolve(file)));
+    const Diff d = compare(got, reference().get(pixel_key(e)));
+    std::printf("  %-45s max |error| %.3g, %lld of %lld values not bit-identical\n", file.c_str(), d.max_abs,
+                static_cast<long long>(d.differing), static_cast<long long>(got.numel()));
+    EXPECT_LE(d.max_abs, 1e-6);
+    worst = std::max(worst, d.max_abs);
+  }
+  std::printf("  worst max |error| over all images: %.3g\n", worst);
+}
+
+TEST(ImageReference, OddShapesUseChannelsLast) {
+  // 1x1 and 40x3 RGB images: transformers infers channels-first from the (1,1,3) / (3,40,3) array
+  // (an error / a wrong picture). We always use channels-last and match the reference made with
+  // input_data_format="channels_last", and also our own decode + Pillow resize + normalise.
+  const json ref = reference_json();
+  const ib::ImageProcessor proc = reference_processor();
+  for (const char* stem : {"one_px_1x1", "height3_40x3"}) {
+    SCOPED_TRACE(stem);
+    const ib::Image img = ib::load_image(kRefDir + "/inputs/" + stem + ".png");
+    const ib::Tensor got = proc.preprocess(img);
+    const Diff d = compare(got, reference().get(std::string(stem) + ".pixel_values_channels_last"));
+    EXPECT_LE(d.max_abs, 1e-6);
+    EXPECT_EQ(d.differing, 0);
+
+    ib::Tensor own = ib::Tensor::empty({1, 3, 224, 224});
+    proc.normalize_into(ib::resize_image(img, 224, 224, ib::Resample::Bicubic), own.data<float>());
+    EXPECT_EQ(compare(got, own).differing, 0);
+  }
+  // 1x1: every output pixel is the input pixel (normalised).
+  const ib::Image px = ib::load_image(kRefDir + "/inputs/one_px_1x1.png");
+  const ib::Image big = ib::resize_image(px, 224, 224, ib::Resample::Bicubic);
+  for (std::size_t i = 0; i < big.rgb.size(); ++i) ASSERT_EQ(big.rgb[i], px.rgb[i % 3]);
+  // 40x3: HF's default (channels-first) output is a different picture.
+  const ib::Tensor hw = proc.preprocess(ib::load_image(kRefDir + "/inputs/height3_40x3.png"));
+  EXPECT_GT(compare(hw, reference().get("height3_40x3.pixel_values")).max_abs, 1e-3);
+}
+
+TEST(ImageReference, BatchEqualsSingles) {
+  const json ref = reference_json();
+  const ib::ImageProcessor proc = reference_processor();
+  std::vector<ib::Image> images;
+  std::vector<std::string> keys;
+  for (const auto& f : ref["batch"]["files"]) {
+    images.push_back(ib::load_image(resolve(f.get<std::string>())));
+    for (const auto& e : ref["images"])
+      if (e["file"] == f) keys.push_back(pixel_key(e));
+  }
+  ASSERT_EQ(keys.size(), 3u);
+  const ib::Tensor batch = proc.preprocess(images);
+  ASSERT_EQ(batch.shape(), (ib::Shape{3, 3, 224, 224}));
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const Diff d = compare(batch.slice0(std::int64_t(i), std::int64_t(i) + 1), reference().get(keys[i]));
+    EXPECT_LE(d.max_abs, 1e-6) << keys[i];
+    EXPECT_EQ(d.differing, 0) << keys[i];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processor config.
+
+TEST(ImageProcessorConfig, FromPretrained) {
+  const auto proc = ib::ImageProcessor::from_pretrained(kData + "/t5-tiny/model");
+  const auto& c = proc.config();
+  EXPECT_EQ(c.height, 224);
+  EXPECT_EQ(c.width, 224);
+  EXPECT_EQ(c.resample, ib::Resample::Bicubic);
+  EXPECT_TRUE(c.do_resize && c.do_rescale && c.do_normalize && c.do_convert_rgb);
+  EXPECT_EQ(c.rescale_factor, 0.00392156862745098);
+  EXPECT_EQ(c.image_mean[1], 0.4578275);
+  EXPECT_EQ(c.image_std[2], 0.27577711);
+  // BlipImageProcessor defaults
+  const ib::ImageProcessor dflt;
+  EXPECT_EQ(dflt.height(), 384);
+  EXPECT_EQ(dflt.config().rescale_factor, 1.0 / 255.0);
+  // size as a plain integer: a square
+  EXPECT_EQ(ib::ImageProcessor::from_json(json{{"size", 100}}).width(), 100);
+}
+
+TEST(ImageProcessorConfig, WrongTypesAreConfigErrors) {
+  const json base = reference_json()["preprocessor_config"];
+  const std::vector<std::pair<std::string, json>> bad = {
+      {"size", "224"},
+      {"size", json{{"shortest_edge", 224}}},
+      {"size", json{{"height", 224.5}, {"width", 224}}},
+      {"size", json{{"height", 0}, {"width", 224}}},
+      {"do_resize", "yes"},
+      {"do_normalize", 1},
+      {"resample", "bicubic"},
+      {"resample", 7},
+      {"rescale_factor", "1/255"},
+      {"image_mean", json::array({0.5, 0.5})},
+      {"image_mean", json::array({0.5, "0.5", 0.5})},
+      {"image_std", json::array({0.5, 0.0, 0.5})},
+      {"image_std", json::object()},
+      {"image_processor_type", "CLIPImageProcessor"},
+  };
+  for (const auto& [key, value] : bad) {
+    json j = base;
+    j[key] = value;
+    EXPECT_THROW(ib::ImageProcessor::from_json(j), ib::ConfigError) << key << " = " << value.dump();
+    // and through a file, as from_pretrained reads it
+    const std::string dir = kTmp + "/bad_preprocessor";
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir + "/preprocessor_config.json") << j.dump();
+    EXPECT_THROW(ib::ImageProcessor::from_pretrained(dir), ib::ConfigError) << key;
+  }
+  EXPECT_THROW(ib::ImageProcessor::from_json(json::array()), ib::ConfigError);
+  const std::string broken = write_tmp("broken_preprocessor_config.json", {'{', '"', 's'});
+  EXPECT_THROW(ib::ImageProcessor::from_json_file(broken), ib::ConfigError);
+  EXPECT_THROW(ib::ImageProcessor::from_pretrained(kTmp + "/no_such_dir"), ib::IoError);
+  // null behaves as in HF: do_* false, defaults for the rest
+  json j = base;
+  j["do_normalize"] = nullptr;
+  j["image_mean"] = nullptr;
+  EXPECT_FALSE(ib::ImageProcessor::from_json(j).config().do_normalize);
+}
+
+TEST(ImageProcessor, FlagsAndArguments) {
+  const json base = reference_json()["preprocessor_config"];
+  const ib::Image img = ib::load_image(kRefDir + "/inputs/tiny_17x9.png");
+  json j = base;
+  j["do_resize"] = false;
+  j["do_normalize"] = false;
+  const ib::Tensor t = ib::ImageProcessor::from_json(j).preprocess(img);
+  ASSERT_EQ(t.shape(), (ib::Shape{1, 3, 9, 17}));
+  // rescale only: float32(u8 * 0.00392156862745098) computed in double
+  EXPECT_EQ(t.f(9 * 17 + 2 * 17 + 5), float(double(img.rgb[(2 * 17 + 5) * 3 + 1]) * 0.00392156862745098));
+  EXPECT_THROW(ib::ImageProcessor::from_json(j).preprocess(std::vector<ib::Image>{img, ib::Image(3, 3)}),
+               ib::InvalidArgument);
+  const ib::ImageProcessor proc = reference_processor();
+  EXPECT_THROW(proc.preprocess(std::vector<ib::Image>{}), ib::InvalidArgument);
+  EXPECT_THROW(proc.preprocess(ib::Image()), ib::InvalidArgument);
+  ib::Image broken = img;
+  broken.rgb.pop_back();
+  EXPECT_THROW(proc.preprocess(broken), ib::InvalidArgument);
+  EXPECT_THROW(ib::resize_image(img, 0, 10), ib::InvalidArgument);
+  EXPECT_THROW(ib::Image::from_rgb(2, 2, std::vector<std::uint8_t>(11)), ib::InvalidArgument);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resize details (Pillow semantics that the references do not cover).
+
+TEST(Resize, SameSizeIsCopyAndOnePassPaths) {
+  const ib::Image img = ib::load_image(kRefDir + "/inputs/progressive_96x64.jpg");
+  EXPECT_EQ(ib::resize_image(img, 96, 64).rgb, img.rgb);
+  // width-only / height-only resizes equal the two-pass result with one side unchanged
+  const ib::Image w_only = ib::resize_image(img, 50, 64);
+  const ib::Image h_only = ib::resize_image(img, 96, 30);
+  EXPECT_EQ(w_only.width, 50);
+  EXPECT_EQ(h_only.height, 30);
+  // the separable result: height pass applied to the width-only image gives the full resize
+  EXPECT_EQ(ib::resize_image(w_only, 50, 30).rgb, ib::resize_image(img, 50, 30).rgb);
+  // a constant image stays constant under every filter
+  ib::Image flat(37, 23);
+  for (std::size_t i = 0; i < flat.rgb.size(); ++i) flat.rgb[i] = std::uint8_t(i % 3 == 0 ? 200 : i % 3 == 1 ? 17 : 255);
+  for (int f = 0; f <= 5; ++f) {
+    for (auto [w, h] : {std::pair{224, 224}, std::pair{5, 3}, std::pair{37, 100}}) {
+      const ib::Image r = ib::resize_image(flat, w, h, ib::resample_from_int(f));
+      for (std::size_t i = 0; i < r.rgb.size(); i += 3) {
+        ASSERT_EQ(r.rgb[i], 200) << "filter " << f;
+        ASSERT_EQ(r.rgb[i + 1], 17);
+        ASSERT_EQ(r.rgb[i + 2], 255);
+      }
+    }
+  }
+  EXPECT_THROW(ib::resample_from_int(6), ib::InvalidArgument);
+}
+
+TEST(Resize, NearestPicksPillowsSourcePixels) {
+  // Pillow's affine nearest scaler samples source x = int((x + 0.5) * in / out)
+  // (accumulated in double: 0.3125, 0.9375, 1.5625, 2.1875, ... for 5 -> 8).
+  ib::Image img(5, 1);
+  for (int x = 0; x < 5; ++x) img.rgb[3 * x] = img.rgb[3 * x + 1] = img.rgb[3 * x + 2] = std::uint8_t(10 * x);
+  const ib::Image up = ib::resize_image(img, 8, 1, ib::Resample::Nearest);
+  const int expect[8] = {0, 0, 1, 2, 2, 3, 4, 4};
+  for (int x = 0; x < 8; ++x) EXPECT_EQ(up.rgb[3 * x], 10 * expect[x]) << x;
+  const ib::Image down = ib::resize_image(img, 2, 1, ib::Resample::Nearest);
+  EXPECT_EQ(down.rgb[0], 10);  // int(0.5 * 2.5) = 1
+  EXPECT_EQ(down.rgb[3], 30);  // int(1.5 * 2.5) = 3
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input files.
+
+namespace {
+
+void put_be32(std::vector<std::uint8_t>& v, std::uint32_t x) {
+  for (int s = 24; s >= 0; s -= 8) v.push_back(std::uint8_t(x >> s));
+}
+
+std::uint32_t crc32(const std::uint8_t* p, std::size_t n) {
+  std::uint32_t c = 0xFFFFFFFFu;
+  for (std::size_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+  }
+  return ~c;
+}
+
+void png_chunk(std::vector<std::uint8_t>& v, const char* type, const std::vector<std::uint8_t>& body) {
+  put_be32(v, std::uint32_t(body.size()));
+  std::vector<std::uint8_t> tb(type, type + 4);
+  tb.insert(tb.end(), body.begin(), body.end());
+  v.insert(v.end(), tb.begin(), tb.end());
+  put_be32(v, crc32(tb.data(), tb.size()));
+}
+
+/// A PNG of `w` x `h` (8-bit, colour type `color`) with the given zlib stream as IDAT.
+std::vector<std::uint8_t> make_png(std::uint32_t w, std::uint32_t h, int color, const std::vector<std::uint8_t>& zlib,
+                                   const std::vector<std::uint8_t>& plte = {}) {
+  std::vector<std::uint8_t> v = {137, 80, 78, 71, 13, 10, 26, 10};
+  std::vector<std::uint8_t> ihdr;
+  put_be32(ihdr, w);
+  put_be32(ihdr, h);
+  ihdr.insert(ihdr.end(), {8, std::uint8_t(color), 0, 0, 0});
+  png_chunk(v, "IHDR", ihdr);
+  if (!plte.empty()) png_chunk(v, "PLTE", plte);
+  png_chunk(v, "IDAT", zlib);
+  png_chunk(v, "IEND", {});
+  return v;
+}
+
+/// zlib stream of stored (uncompressed) blocks.
+std::vector<std::uint8_t> zlib_stored(const std::vector<std::uint8_t>& raw) {
+  std::vector<std::uint8_t> z = {0x78, 0x01};
+  std::size_t pos = 0;
+  do {
+    const std::size_t n = std::min<std::size_t>(65535, raw.size() - pos);
+    const bool final = pos + n == raw.size();
+    z.push_back(final ? 1 : 0);
+    z.push_back(std::uint8_t(n));
+    z.push_back(std::uint8_t(n >> 8));
+    z.push_back(std::uint8_t(~n));
+    z.push_back(std::uint8_t(~n >> 8));
+    z.insert(z.end(), raw.begin() + std::ptrdiff_t(pos), raw.begin() + std::ptrdiff_t(pos + n));
+    pos += n;
+  } while (pos < raw.size());
+  std::uint32_t a = 1, b = 0;
+  for (auto c : raw) {
+    a = (a + c) % 65521;
+    b = (b + a) % 65521;
+  }
+  put_be32(z, (b << 16) | a);
+  return z;
+}
+
+}  // namespace
+
+TEST(ImageErrors, TruncatedJpeg) {
+  const auto bytes = read_file(kData + "/images/Confusing-Pictures.jpg");
+  for (std::size_t keep : {bytes.size() / 2, std::size_t(600), std::size_t(100), std::size_t(3)}) {
+    const std::string path = write_tmp("truncated.jpg", std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + std::ptrdiff_t(keep)));
+    EXPECT_THROW(ib::load_image(path), ib::FormatError) << keep;
+  }
+  const auto prog = read_file(kRefDir + "/inputs/progressive_96x64.jpg");
+  EXPECT_THROW(ib::decode_image(prog.data(), prog.size() - 200), ib::FormatError);
+  try {
+    ib::decode_image(bytes.data(), bytes.size() / 2, {}, "half.jpg");
+    FAIL() << "no exception";
+  } catch (const ib::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+  // Only the final EOI marker missing: the entropy decoder still asks for more bytes while
+  // decoding the last MCU (it reads ahead until it meets a marker), which is where Pillow's
+  // suspending reader raises "image file is truncated"; libjpeg's grey padding is not accepted.
+  ASSERT_EQ(bytes[bytes.size() - 2], 0xFF);
+  ASSERT_EQ(bytes[bytes.size() - 1], 0xD9);
+  EXPECT_THROW(ib::decode_image(bytes.data(), bytes.size() - 2), ib::FormatError);
+  // Bytes after EOI are ignored.
+  std::vector<std::uint8_t> trailing = bytes;
+  trailing.insert(trailing.end(), {0, 1, 2, 3});
+  EXPECT_EQ(ib::decode_image(trailing).rgb, ib::decode_image(bytes).rgb);
+}
+
+TEST(ImageErrors, TruncatedPng) {
+  const auto bytes = read_file(kData + "/images/merlion.png");
+  for (std::size_t keep : {bytes.size() / 2, bytes.size() - 20, std::size_t(40), std::size_t(8)}) {
+    const std::string path = write_tmp("truncated.png", std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + std::ptrdiff_t(keep)));
+    EXPECT_THROW(ib::load_image(path), ib::FormatError) << keep;
+  }
+  // IEND missing after complete image data: fine in Pillow, fine here.
+  const auto small = read_file(kRefDir + "/inputs/tiny_17x9.png");
+  EXPECT_EQ(ib::decode_image(small.data(), small.size() - 12).rgb, ib::decode_image(small).rgb);
+  EXPECT_EQ(ib::decode_image(small.data(), small.size() - 4).rgb, ib::decode_image(small).rgb);
+  // corrupt header checksum
+  auto bad_crc = small;
+  bad_crc[29] ^= 0x55;  // inside the IHDR CRC
+  EXPECT_THROW(ib::decode_image(bad_crc), ib::FormatError);
+  // corrupt deflate data
+  std::vector<std::uint8_t> raw(1 + 4 * 3, 0);
+  auto z = zlib_stored(raw);
+  z[2] = 0x07;  // invalid block type
+  EXPECT_THROW(ib::decode_image(make_png(4, 1, 2, z)), ib::FormatError);
+}
+
+TEST(ImageErrors, RandomBytesEmptyAndMissingFiles) {
+  std::mt19937 rng(1234);
+  std::vector<std::uint8_t> noise(4096);
+  for (auto& b : noise) b = std::uint8_t(rng());
+  EXPECT_THROW(ib::load_image(write_tmp("random.bin", noise)), ib::FormatError);
+  EXPECT_THROW(ib::load_image(write_tmp("empty.png", {})), ib::FormatError);
+  EXPECT_THROW(ib::load_image(kTmp + "/does_not_exist.jpg"), ib::IoError);
+  EXPECT_THROW(ib::load_image(kTmp), ib::IoError);  // a directory
+  EXPECT_THROW(ib::decode_image(nullptr, 0), ib::FormatError);
+  // noise behind valid signatures
+  for (std::vector<std::uint8_t> magic : {std::vector<std::uint8_t>{0xFF, 0xD8, 0xFF},
+                                          std::vector<std::uint8_t>{137, 80, 78, 71, 13, 10, 26, 10},
+                                          std::vector<std::uint8_t>{'G', 'I', 'F', '8', '9', 'a'},
+                                          std::vector<std::uint8_t>{'B', 'M'}, std::vector<std::uint8_t>{'P', '6', ' '}}) {
+    std::vector<std::uint8_t> v = magic;
+    v.insert(v.end(), noise.begin(), noise.end());
+    EXPECT_THROW(ib::decode_image(v), ib::FormatError) << int(magic[0]);
+  }
+}
+
+TEST(ImageErrors, HugeDimensionsRejectedBeforeAllocation) {
+  // A valid PNG header claiming 100000 x 100000 pixels (1e10 > MAX_IMAGE_PIXELS) with 12 bytes of data.
+  const auto png = make_png(100000, 100000, 2, zlib_stored(std::vector<std::uint8_t>(13, 0)));
+  const std::string path = write_tmp("huge.png", png);
+  try {
+    ib::load_image(path);
+    FAIL() << "no exception";
+  } catch (const ib::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds the limit"), std::string::npos) << e.what();
+  }
+  // the limit is configurable
+  std::vector<std::uint8_t> row(13, 7);
+  row[0] = 0;  // filter type None
+  const auto ok = make_png(4, 1, 2, zlib_stored(row));
+  EXPECT_NO_THROW(ib::decode_image(ok));
+  ib::ImageLoadOptions tight;
+  tight.max_pixels = 3;
+  EXPECT_THROW(ib::decode_image(ok, tight), ib::FormatError);
+  const auto jpg = read_file(kRefDir + "/inputs/progressive_96x64.jpg");
+  tight.max_pixels = 96 * 64 - 1;
+  EXPECT_THROW(ib::decode_image(jpg, tight), ib::FormatError);
+  tight.max_pixels = 96 * 64;
+  EXPECT_NO_THROW(ib::decode_image(jpg, tight));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow's convert("RGB") rules on small synthetic files of the other formats.
+
+TEST(ImageFormats, PngModes) {
+  // palette with an index beyond the palette: Pillow's default palette is a grey ramp
+  std::vector<std::uint8_t> raw = {0, 0, 1, 5};
+  const auto pal = make_png(3, 1, 3, zlib_stored(raw), {10, 20, 30, 40, 50, 60});
+  const ib::Image p = ib::decode_image(pal);
+  EXPECT_EQ(p.rgb, (std::vector<std::uint8_t>{10, 20, 30, 40, 50, 60, 5, 5, 5}));
+  // grey + alpha: grey replicated, alpha dropped
+  const ib::Image la = ib::decode_image(make_png(2, 1, 4, zlib_stored({0, 9, 0, 200, 128})));
+  EXPECT_EQ(la.rgb, (std::vector<std::uint8_t>{9, 9, 9, 200, 200, 200}));
+  // 16-bit grey is Pillow mode "I": convert("RGB") clips at 255 instead of taking the high byte
+  std::vector<std::uint8_t> png16 = {137, 80, 78, 71, 13, 10, 26, 10};
+  std::vector<std::uint8_t> ihdr;
+  put_be32(ihdr, 3);
+  put_be32(ihdr, 1);
+  ihdr.insert(ihdr.end(), {16, 0, 0, 0, 0});
+  png_chunk(png16, "IHDR", ihdr);
+  png_chunk(png16, "IDAT", zlib_stored({0, 0x00, 0x64, 0x01, 0x00, 0xFF, 0xFF}));
+  png_chunk(png16, "IEND", {});
+  EXPECT_EQ(ib::decode_image(png16).rgb, (std::vector<std::uint8_t>{100, 100, 100, 255, 255, 255, 255, 255, 255}));
+}
+
+namespace {
+
+/// Applies PNG filter `type` to one row (bpp bytes per pixel), `prev` = previous raw row or empty.
+std::vector<std::uint8_t> png_filter_row(int type, const std::vector<std::uint8_t>& row,
+                                         const std::vector<std::uint8_t>& prev, std::size_t bpp) {
+  std::vector<std::uint8_t> out = {std::uint8_t(type)};
+  for (std::size_t i = 0; i < row.size(); ++i) {
+    const int a = i >= bpp ? row[i - bpp] : 0, b = prev.empty() ? 0 : prev[i];
+    const int c = (i >= bpp && !prev.empty()) ? prev[i - bpp] : 0;
+    int pred = 0;
+    if (type == 1) pred = a;
+    if (type == 2) pred = b;
+    if (type == 3) pred = (a + b) / 2;
+    if (type == 4) {
+      const int p = a + b - c, pa = std::abs(p - a), pb = std::abs(p - b), pc = std::abs(p - c);
+      pred = (pa <= pb && pa <= pc) ? a : pb <= pc ? b : c;
+    }
+    out.push_back(std::uint8_t(row[i] - pred));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(ImageFormats, PngFiltersAndInterlace) {
+  const int w = 13, h = 11;
+  std::mt19937 rng(7);
+  ib::Image src(w, h);
+  for (auto& v : src.rgb) v = std::uint8_t(rng());
+  auto encode = [&](bool interlace) {
+    static const int passes[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                     {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+    std::vector<std::uint8_t> raw;
+    int n = 0;
+    for (int p = 0; p < (interlace ? 7 : 1); ++p) {
+      const int x0 = interlace ? passes[p][0] : 0, y0 = interlace ? passes[p][1] : 0;
+      const int dx = interlace ? passes[p][2] : 1, dy = interlace ? passes[p][3] : 1;
+      std::vector<std::uint8_t> prev;
+      for (int y = y0; y < h; y += dy) {
+        std::vector<std::uint8_t> row;
+        for (int x = x0; x < w; x += dx) row.insert(row.end(), src.pixel(x, y), src.pixel(x, y) + 3);
+        if (row.empty()) continue;
+        const auto f = png_filter_row(n++ % 5, row, prev, 3);
+        raw.insert(raw.end(), f.begin(), f.end());
+        prev = row;
+      }
+    }
+    auto png = make_png(w, h, 2, zlib_stored(raw));
+    if (interlace) {  // set the interlace byte and fix the IHDR CRC
+      png[8 + 8 + 12] = 1;
+      const std::uint32_t c = crc32(&png[12], 17);
+      for (int i = 0; i < 4; ++i) png[29 + i] = std::uint8_t(c >> (24 - 8 * i));
+    }
+    return png;
+  };
+  EXPECT_EQ(ib::decode_image(encode(false)).rgb, src.rgb);
+  EXPECT_EQ(ib::decode_image(encode(true)).rgb, src.rgb);
+}
+
+TEST(ImageFormats, JpegRoundTrip) {
+  ib::Image src(64, 48);
+  for (int y = 0; y < 48; ++y)
+    for (int x = 0; x < 64; ++x) {
+      std::uint8_t* p = src.row(y) + 3 * x;
+      p[0] = std::uint8_t(4 * x);
+      p[1] = std::uint8_t(5 * y);
+      p[2] = 128;
+    }
+  for (bool progressive : {false, true}) {
+    const auto bytes = ib::encode_jpeg(src, 95, progressive);
+    const ib::Image back = ib::decode_image(bytes);
+    ASSERT_EQ(back.width, 64);
+    ASSERT_EQ(back.height, 48);
+    int worst = 0;
+    for (std::size_t i = 0; i < src.rgb.size(); ++i) worst = std::max(worst, std::abs(int(src.rgb[i]) - int(back.rgb[i])));
+    EXPECT_LT(worst, 12) << progressive;
+    EXPECT_THROW(ib::decode_image(bytes.data(), bytes.size() * 3 / 4), ib::FormatError) << progressive;
+  }
+  EXPECT_THROW(ib::encode_jpeg(ib::Image(), 90), ib::InvalidArgument);
+  EXPECT_THROW(ib::encode_jpeg(src, 0), ib::InvalidArgument);
+}
+
+TEST(ImageFormats, PnmScaling) {
+  auto pnm = [](const std::string& header, const std::vector<std::uint8_t>& data) {
+    std::vector<std::uint8_t> v(header.begin(), header.end());
+    v.insert(v.end(), data.begin(), data.end());
+    return ib::decode_image(v);
+  };
+  // maxval 100: round(v / 100 * 255), half to even (50 -> 127.5 -> 128)
+  EXPECT_EQ(pnm("P5 3 1 100\n", {0, 50, 100}).rgb, (std::vector<std::uint8_t>{0, 0, 0, 128, 128, 128, 255, 255, 255}));
+  // 16-bit grey (mode I): clipped at 255
+  EXPECT_EQ(pnm("P5\n# comment\n2 1\n65535\n", {0x00, 0x10, 0x01, 0x00}).rgb,
+            (std::vector<std::uint8_t>{16, 16, 16, 255, 255, 255}));
+  EXPECT_EQ(pnm("P6 1 1 255 ", {1, 2, 3}).rgb, (std::vector<std::uint8_t>{1, 2, 3}));
+  EXPECT_EQ(pnm("P3 1 1 255\n7 8 9\n", {}).rgb, (std::vector<std::uint8_t>{7, 8, 9}));
+  EXPECT_EQ(pnm("P4 3 1\n", {0xA0}).rgb, (std::vector<std::uint8_t>{0, 0, 0, 255, 255, 255, 0, 0, 0}));
+  EXPECT_THROW(pnm("P6 2 2 255\n", {1, 2, 3}), ib::FormatError);  // truncated
+  EXPECT_THROW(pnm("P5 1 1 0\n", {1}), ib::FormatError);         // bad maxval
+}
+
+namespace {
+
+/// A GIF with one frame, palette `pal`, pixels `idx` (literal 9-bit codes, clears to keep the width).
+std::vector<std::uint8_t> make_gif(int cw, int ch, int x0, int y0, int fw, int fh, const std::vector<std::uint8_t>& pal,
+                                   const std::vector<std::uint8_t>& idx, int transparency) {
+  std::vector<std::uint8_t> v = {'G', 'I', 'F', '8', '9', 'a'};
+  auto le16 = [&](int x) {
+    v.push_back(std::uint8_t(x));
+    v.push_back(std::uint8_t(x >> 8));
+  };
+  le16(cw);
+  le16(ch);
+  v.insert(v.end(), {0xF7, 0, 0});  // global table of 256 entries
+  std::vector<std::uint8_t> table = pal;
+  table.resize(768, 0);
+  v.insert(v.end(), table.begin(), table.end());
+  if (transparency >= 0) v.insert(v.end(), {0x21, 0xF9, 4, 1, 0, 0, std::uint8_t(transparency), 0});
+  v.push_back(',');
+  le16(x0);
+  le16(y0);
+  le16(fw);
+  le16(fh);
+  v.push_back(0);
+  v.push_back(8);  // LZW minimum code size
+  std::vector<int> codes = {256};
+  int since_clear = 0;
+  for (auto p : idx) {
+    if (since_clear == 254) {
+      codes.push_back(256);
+      since_clear = 0;
+    }
+    codes.push_back(p);
+    ++since_clear;
+  }
+  codes.push_back(257);
+  std::vector<std::uint8_t> bytes;
+  std::uint32_t buf = 0;
+  int nb = 0;
+  for (int c : codes) {
+    buf |= std::uint32_t(c) << nb;
+    nb += 9;
+    while (nb >= 8) {
+      bytes.push_back(std::uint8_t(buf));
+      buf >>= 8;
+      nb -= 8;
+    }
+  }
+  if (nb) bytes.push_back(std::uint8_t(buf));
+  for (std::size_t i = 0; i < bytes.size(); i += 255) {
+    const std::size_t n = std::min<std::size_t>(255, bytes.size() - i);
+    v.push_back(std::uint8_t(n));
+    v.insert(v.end(), bytes.begin() + std::ptrdiff_t(i), bytes.begin() + std::ptrdiff_t(i + n));
+  }
+  v.push_back(0);
+  v.push_back(';');
+  return v;
+}
+
+}  // namespace
+
+TEST(ImageFormats, GifFirstFrameAsPillow) {
+  const std::vector<std::uint8_t> pal = {255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9};
+  // the transparent index keeps its palette colour (convert("RGB") ignores transparency), and
+  // the canvas outside the frame is filled with the transparency index
+  const ib::Image g = ib::decode_image(make_gif(3, 2, 1, 0, 2, 1, pal, {3, 1}, 2));
+  EXPECT_EQ(g.rgb, (std::vector<std::uint8_t>{0, 0, 255, 9, 9, 9, 0, 255, 0, 0, 0, 255, 0, 0, 255, 0, 0, 255}));
+  // many pixels (several clear codes), every value through the palette
+  std::vector<std::uint8_t> idx(40 * 30);
+  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = std::uint8_t(i % 4);
+  const ib::Image big = ib::decode_image(make_gif(40, 30, 0, 0, 40, 30, pal, idx, -1));
+  for (std::size_t i = 0; i < idx.size(); ++i)
+    ASSERT_EQ(big.rgb[3 * i + 1], pal[3 * idx[i] + 1]) << i;
+  auto cut = make_gif(40, 30, 0, 0, 40, 30, pal, idx, -1);
+  cut.resize(cut.size() / 2);
+  EXPECT_THROW(ib::decode_image(cut), ib::FormatError);
+}
+
+TEST(ImageFormats, BmpAndTga) {
+  // 2x2 24-bit BMP, bottom-up rows padded to 4 bytes
+  std::vector<std::uint8_t> bmp = {'B', 'M'};
+  auto le32 = [&](std::vector<std::uint8_t>& v, std::uint32_t x) {
+    for (int i = 0; i < 4; ++i) v.push_back(std::uint8_t(x >> (8 * i)));
+  };
+  auto le16 = [&](std::vector<std::uint8_t>& v, std::uint32_t x) {
+    v.push_back(std::uint8_t(x));
+    v.push_back(std::uint8_t(x >> 8));
+  };
+  le32(bmp, 54 + 16);
+  le32(bmp, 0);
+  le32(bmp, 54);
+  le32(bmp, 40);
+  le32(bmp, 2);
+  le32(bmp, 2);
+  le16(bmp, 1);
+  le16(bmp, 24);
+  for (int i = 0; i < 6; ++i) le32(bmp, 0);
+  // bottom row: (B,G,R) = (1,2,3) (4,5,6); top row: (7,8,9) (10,11,12)
+  bmp.insert(bmp.end(), {1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12, 0, 0});
+  EXPECT_EQ(ib::decode_image(bmp).rgb, (std::vector<std::uint8_t>{9, 8, 7, 12, 11, 10, 3, 2, 1, 6, 5, 4}));
+
+  // 16-bit BMP (5-5-5): Pillow's v * 255 / 31
+  std::vector<std::uint8_t> b16(bmp.begin(), bmp.begin() + 54);
+  b16[28] = 16;
+  // one row of 2 pixels: (r,g,b) = (16, 1, 31) and (31, 0, 2)
+  const std::uint16_t p0 = (16 << 10) | (1 << 5) | 31, p1 = (31 << 10) | 2;
+  b16[22] = 1;  // height 1
+  b16.insert(b16.end(), {std::uint8_t(p0), std::uint8_t(p0 >> 8), std::uint8_t(p1), std::uint8_t(p1 >> 8)});
+  EXPECT_EQ(ib::decode_image(b16).rgb,
+            (std::vector<std::uint8_t>{16 * 255 / 31, 1 * 255 / 31, 255, 255, 0, 2 * 255 / 31}));
+
+  // 4-bit palette BMP, top-down, 2 palette entries: index 5 is beyond them -> Pillow's grey ramp
+  std::vector<std::uint8_t> b4(bmp.begin(), bmp.begin() + 54);
+  b4[28] = 4;
+  b4[18] = 3;                                                  // width 3
+  b4[22] = 0xFF, b4[23] = 0xFF, b4[24] = 0xFF, b4[25] = 0xFF;  // height -1: top-down
+  b4[46] = 2;                                                  // 2 colours
+  b4.insert(b4.end(), {30, 20, 10, 0, 60, 50, 40, 0});         // BGRX
+  b4[10] = std::uint8_t(b4.size());                            // pixel data offset
+  b4.insert(b4.end(), {0x15, 0x00, 0, 0});                     // indices 1, 5, 0 + padding
+  EXPECT_EQ(ib::decode_image(b4).rgb, (std::vector<std::uint8_t>{40, 50, 60, 5, 5, 5, 10, 20, 30}));
+
+  // 2x1 uncompressed true-colour TGA, top-left origin
+  std::vector<std::uint8_t> tga = {0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 24, 0x20};
+  tga.insert(tga.end(), {30, 20, 10, 60, 50, 40});
+  EXPECT_EQ(ib::decode_image(tga).rgb, (std::vector<std::uint8_t>{10, 20, 30, 40, 50, 60}));
+}
