@@ -1,0 +1,696 @@
+// LLaMA / Vicuna (transformers 4.36.2 LlamaForCausalLM, eager attention, float32).
+#include "instructblip/models/llama.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <utility>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "instructblip/core/thread_pool.hpp"
+#include "instructblip/ops/ops.hpp"
+
+namespace instructblip::models {
+
+namespace {
+
+/// torch.finfo(torch.float32).min: what HF's 4-d causal / padding mask holds at masked entries.
+constexpr float kMaskMin = std::numeric_limits<float>::lowest();
+
+using RowVectorF = Eigen::Matrix<float, 1, Eigen::Dynamic>;
+
+/// A projection in HF layout: weight [N, K] (float32 or bfloat16), optional float32 bias [N].
+struct Dense {
+  Tensor w;
+  Tensor bias;
+  std::int64_t N = 0, K = 0;
+};
+
+inline void bf16_to_f32_run(const std::uint16_t* src, float* dst, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::uint32_t u = std::uint32_t(src[i]) << 16;
+    std::memcpy(dst + i, &u, 4);
+  }
+}
+
+inline float bf16f(std::uint16_t h) { return bf16_to_f32(h); }
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+using VecF = __m512;
+inline VecF vzero() { return _mm512_setzero_ps(); }
+inline VecF vload(const float* p) { return _mm512_loadu_ps(p); }
+inline VecF vload_bf16(const std::uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline float vsum(VecF v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kLanes = 8;
+using VecF = __m256;
+inline VecF vzero() { return _mm256_setzero_ps(); }
+inline VecF vload(const float* p) { return _mm256_loadu_ps(p); }
+inline VecF vload_bf16(const std::uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vsum(VecF v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#else
+constexpr int kLanes = 0;  // portable scalar path
+#endif
+
+/// out[m * NR + r] = dot(x row m, bf16 weight row r), for MR x rows (stride ldx) and NR weight
+/// rows (stride K): weights are widened in registers and read once for all MR rows.
+template <int MR, int NR>
+void bf16_micro(const float* x, std::int64_t ldx, const std::uint16_t* w, std::int64_t K, float* out) {
+  std::int64_t k = 0;
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  VecF acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) acc[m][r] = vzero();
+  for (; k + kLanes <= K; k += kLanes) {
+    VecF wv[NR];
+    for (int r = 0; r < NR; ++r) wv[r] = vload_bf16(w + r * K + k);
+    for (int m = 0; m < MR; ++m) {
+      const VecF xv = vload(x + m * ldx + k);
+      for (int r = 0; r < NR; ++r) acc[m][r] = vfma(xv, wv[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) out[m * NR + r] = vsum(acc[m][r]);
+#else
+  for (int i = 0; i < MR * NR; ++i) out[i] = 0.0f;
+#endif
+  for (; k < K; ++k)
+    for (int r = 0; r < NR; ++r) {
+      const float wv = bf16f(w[r * K + k]);
+      for (int m = 0; m < MR; ++m) out[m * NR + r] += x[m * ldx + k] * wv;
+    }
+}
+
+template <int NR>
+void bf16_micro_m(int mr, const float* x, std::int64_t ldx, const std::uint16_t* w, std::int64_t K, float* out) {
+  switch (mr) {
+    case 1: bf16_micro<1, NR>(x, ldx, w, K, out); return;
+    case 2: bf16_micro<2, NR>(x, ldx, w, K, out); return;
+    case 3: bf16_micro<3, NR>(x, ldx, w, K, out); return;
+    default: bf16_micro<4, NR>(x, ldx, w, K, out); return;
+  }
+}
+
+/// y[M, N] = x[M, K] W^T (+ b). bf16 weights: for a few rows (decoding, beams) a fused kernel
+/// widens the weights in registers, so they are streamed from memory once as bf16; for more rows
+/// (prefill) blocks of rows are widened into a small float32 buffer and multiplied with Eigen.
+/// Either way the products are float32 products of the exactly widened weights.
+void dense(const Dense& d, const float* x, std::int64_t M, float* y) {
+  ConstMatrixMap<float> X(x, M, d.K);
+  MatrixMap<float> Y(y, M, d.N);
+  const float* b = d.bias.defined() ? d.bias.data<float>() : nullptr;
+  if (d.w.dtype() == DType::F32) {
+    ops::linear<float>(X, ConstMatrixMap<float>(d.w.data<float>(), d.N, d.K), b, Y);
+    return;
+  }
+  const auto* W = static_cast<const std::uint16_t*>(d.w.raw());
+  const std::int64_t N = d.N, K = d.K;
+  const std::int64_t work = M * N * K;
+  if (M <= 8) {
+    const std::int64_t grain = work < (1 << 16) ? N : 64;
+    parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
+      float out[4 * 4];
+      for (std::int64_t n = n0; n < n1; n += 4) {
+        const int nr = int(std::min<std::int64_t>(4, n1 - n));
+        for (std::int64_t m0 = 0; m0 < M; m0 += 4) {
+          const int mr = int(std::min<std::int64_t>(4, M - m0));
+          const float* xm = x + m0 * K;
+          const std::uint16_t* wn = W + n * K;
+          switch (nr) {
+            case 1: bf16_micro_m<1>(mr, xm, K, wn, K, out); break;
+            case 2: bf16_micro_m<2>(mr, xm, K, wn, K, out); break;
+            case 3: bf16_micro_m<3>(mr, xm, K, wn, K, out); break;
+            default: bf16_micro_m<4>(mr, xm, K, wn, K, out); break;
+          }
+          for (int m = 0; m < mr; ++m)
+            for (int r = 0; r < nr; ++r) y[(m0 + m) * N + n + r] = out[m * nr + r] + (b ? b[n + r] : 0.0f);
+        }
+      }
+    });
+    return;
+  }
+  const std::int64_t block = std::clamp<std::int64_t>((std::int64_t(1) << 16) / std::max<std::int64_t>(K, 1), 4, 1024);
+  const std::int64_t grain = work < (1 << 16) ? N : block;
+  parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
+    RowMatrix<float> buf(std::min(block, n1 - n0), K);
+    for (std::int64_t r0 = n0; r0 < n1; r0 += block) {
+      const std::int64_t rb = std::min(block, n1 - r0);
+      for (std::int64_t r = 0; r < rb; ++r) bf16_to_f32_run(W + (r0 + r) * K, buf.row(r).data(), K);
+      auto yb = Y.middleCols(r0, rb);
+      yb.noalias() = X * buf.topRows(rb).transpose();
+      if (b) yb.rowwise() += Eigen::Map<const RowVectorF>(b + r0, rb);
+    }
+  });
+}
+
+struct Layer {
+  Tensor input_norm, post_norm;  // float32 [H]
+  Dense q, k, v, o, gate, up, down;
+};
+
+/// Where weights come from (a checkpoint or an in-memory map): tensor by name, in its stored dtype,
+/// shape checked; a missing tensor is a TensorError naming it.
+struct Source {
+  std::function<Tensor(const std::string&, const Shape&)> get;
+};
+
+void check_float(const Tensor& t, const std::string& name) {
+  if (t.dtype() != DType::F32 && t.dtype() != DType::F16 && t.dtype() != DType::BF16)
+    throw TensorError("tensor '" + name + "' has dtype " + dtype_name(t.dtype()) +
+                      ", expected a floating-point weight (F32, F16 or BF16)");
+}
+
+Tensor to_storage(const Tensor& t, DType want) {
+  Tensor r = t.to(want);
+  // bf16 data must be 2-byte aligned for the uint16 reads; a mapped file normally is.
+  if (reinterpret_cast<std::uintptr_t>(r.raw()) % dtype_size(want) != 0) r = r.clone();
+  return r;
+}
+
+void check_mask(const Tensor& mask, std::int64_t B, std::int64_t L, const char* what) {
+  if (mask.dtype() != DType::I64 || mask.ndim() != 2 || mask.dim(0) != B || mask.dim(1) != L)
+    throw InvalidArgument(std::string(what) + ": attention_mask must be int64 [" + std::to_string(B) + ", " +
+                          std::to_string(L) + "], got " + dtype_name(mask.dtype()) + " " + shape_str(mask.shape()));
+  const std::int64_t* m = mask.data<std::int64_t>();
+  for (std::int64_t i = 0; i < B * L; ++i)
+    if (m[i] != 0 && m[i] != 1)
+      throw InvalidArgument(std::string(what) + ": attention_mask holds " + std::to_string(m[i]) +
+                            "; only 0 and 1 are accepted");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+struct LlamaModel::Impl {
+  LlamaConfig cfg;
+  LlamaOptions opt;
+  std::int64_t H = 0, V = 0, I = 0, nh = 0, nkv = 0, hd = 0, kvdim = 0;
+  float eps = 1e-6f;
+  float theta = 10000.0f;
+  ops::Activation act = ops::Activation::Silu;
+  Tensor embed;   // [V, H] F32 or BF16
+  Dense lm_head;  // aliases embed when tied
+  Tensor norm;    // [H] F32
+  std::vector<Layer> layers;
+
+  /// KV caches for `B` rows of capacity `cap` positions: per layer [B, cap, kvdim].
+  struct Cache {
+    std::int64_t cap = 0;
+    std::vector<std::vector<float>> k, v;
+  };
+
+  void load(const Source& src, const std::string& prefix);
+  void embed_rows(const std::int64_t* ids, std::int64_t n, float* out) const;
+  /// Runs the decoder layers on T new positions of each of the B rows held in `h` ([B*T, H], in
+  /// place). Keys/values are written to `cache` at positions [past, past + T); row b attends to
+  /// cached positions j <= past + i whose key_valid[b * cap + j] is set (else finfo.min is added).
+  /// When `hidden` is given, the input of every layer is appended to it ([B, T, H] each).
+  void run_layers(float* h, std::int64_t B, std::int64_t T, const std::int64_t* positions,
+                  const std::uint8_t* key_valid, Cache& cache, std::int64_t past,
+                  std::vector<Tensor>* hidden) const;
+  void final_norm(const float* h, std::int64_t rows, float* out) const {
+    ops::rms_norm<float>(ConstMatrixMap<float>(h, rows, H), norm.data<float>(), eps, MatrixMap<float>(out, rows, H));
+  }
+};
+
+struct LlamaState::Data {
+  const LlamaModel::Impl* model = nullptr;
+  std::int64_t B = 0;
+  bool prefilled = false;
+  // Before the prefill: the prompt.
+  std::int64_t L = 0;
+  std::vector<float> prompt;             // [B, L, H]
+  std::vector<std::uint8_t> prompt_mask; // [B, L]
+  std::int64_t max_new = 0;
+  // After the prefill.
+  std::int64_t len = 0;
+  LlamaModel::Impl::Cache cache;
+  std::vector<std::uint8_t> mask;       // [B, cache.cap]
+  std::vector<std::int64_t> attended;   // [B] number of mask-1 positions so far
+};
+
+LlamaState::LlamaState() : d_(std::make_unique<Data>()) {}
+LlamaState::~LlamaState() = default;
+std::int64_t LlamaState::batch() const { return d_->B; }
+bool LlamaState::prefilled() const { return d_->prefilled; }
+std::int64_t LlamaState::cached_positions() const { return d_->prefilled ? d_->len : 0; }
+Tensor LlamaState::attention_mask() const {
+  const std::int64_t B = d_->B;
+  const std::int64_t L = d_->prefilled ? d_->len : d_->L;
+  Tensor t = Tensor::empty({B, L}, DType::I64);
+  std::int64_t* p = t.data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t j = 0; j < L; ++j)
+      p[b * L + j] = d_->prefilled ? d_->mask[std::size_t(b * d_->cache.cap + j)] : d_->prompt_mask[std::size_t(b * L + j)];
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+void LlamaModel::Impl::load(const Source& src, const std::string& prefix) {
+  const std::string where = "LlamaConfig";
+  cfg.validate(where);
+  if (cfg.rope_scaling)
+    throw ConfigError(where + ": rope_scaling: {\"type\": \"" + cfg.rope_scaling->type +
+                      "\", ...} is not supported by this implementation (only null)");
+  H = cfg.hidden_size;
+  V = cfg.vocab_size;
+  I = cfg.intermediate_size;
+  nh = cfg.num_attention_heads;
+  nkv = cfg.num_key_value_heads;
+  hd = cfg.head_dim();
+  kvdim = nkv * hd;
+  if (hd % 2 != 0)
+    throw ConfigError(where + ": head_dim " + std::to_string(hd) + " (hidden_size / num_attention_heads) must be even for RoPE");
+  eps = float(cfg.rms_norm_eps);
+  theta = float(cfg.rope_theta);
+  try {
+    act = ops::parse_activation(cfg.hidden_act);
+  } catch (const InvalidArgument& e) {
+    throw ConfigError(where + ": hidden_act: " + e.what());
+  }
+  if (opt.weight_dtype != DType::F32 && opt.weight_dtype != DType::BF16)
+    throw InvalidArgument(std::string("LlamaOptions.weight_dtype must be F32 or BF16, got ") +
+                          dtype_name(opt.weight_dtype));
+
+  auto f32 = [&](const std::string& name, const Shape& shape) {
+    Tensor t = src.get(prefix + name, shape);
+    check_float(t, prefix + name);
+    return to_storage(t, DType::F32);
+  };
+  auto mat = [&](const std::string& name, const Shape& shape) {
+    Tensor t = src.get(prefix + name, shape);
+    check_float(t, prefix + name);
+    return to_storage(t, opt.weight_dtype);
+  };
+  auto dense_w = [&](const std::string& name, std::int64_t N, std::int64_t K, bool bias) {
+    Dense d;
+    d.N = N;
+    d.K = K;
+    d.w = mat(name + ".weight", {N, K});
+    if (bias) d.bias = f32(name + ".bias", {N});
+    return d;
+  };
+
+  embed = mat("model.embed_tokens.weight", {V, H});
+  norm = f32("model.norm.weight", {H});
+  if (cfg.tie_word_embeddings) {
+    lm_head.N = V;
+    lm_head.K = H;
+    lm_head.w = embed;
+  } else {
+    lm_head = dense_w("lm_head", V, H, false);
+  }
+  layers.resize(std::size_t(cfg.num_hidden_layers));
+  const bool ab = cfg.attention_bias;
+  for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer& L = layers[std::size_t(l)];
+    L.input_norm = f32(p + "input_layernorm.weight", {H});
+    L.post_norm = f32(p + "post_attention_layernorm.weight", {H});
+    L.q = dense_w(p + "self_attn.q_proj", nh * hd, H, ab);
+    L.k = dense_w(p + "self_attn.k_proj", kvdim, H, ab);
+    L.v = dense_w(p + "self_attn.v_proj", kvdim, H, ab);
+    L.o = dense_w(p + "self_attn.o_proj", H, nh * hd, ab);
+    L.gate = dense_w(p + "mlp.gate_proj", I, H, false);
+    L.up = dense_w(p + "mlp.up_proj", I, H, false);
+    L.down = dense_w(p + "mlp.down_proj", H, I, false);
+  }
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix,
+                       const LlamaOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->cfg = config;
+  impl->opt = options;
+  Source src;
+  src.get = [&](const std::string& n, const Shape& s) { return checkpoint.get(n, s); };
+  impl->load(src, prefix);
+  impl_ = std::move(impl);
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const std::map<std::string, Tensor>& weights,
+                       const std::string& prefix, const LlamaOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->cfg = config;
+  impl->opt = options;
+  Source src;
+  src.get = [&](const std::string& n, const Shape& s) {
+    auto it = weights.find(n);
+    if (it == weights.end()) throw TensorError("tensor '" + n + "' not found in the weight map");
+    if (!it->second.defined()) throw TensorError("tensor '" + n + "' is undefined in the weight map");
+    if (it->second.shape() != s)
+      throw TensorError("tensor '" + n + "' has shape " + shape_str(it->second.shape()) + ", expected " + shape_str(s));
+    return it->second;
+  };
+  impl->load(src, prefix);
+  impl_ = std::move(impl);
+}
+
+LlamaModel::~LlamaModel() = default;
+
+const LlamaConfig& LlamaModel::config() const { return impl_->cfg; }
+const LlamaOptions& LlamaModel::options() const { return impl_->opt; }
+std::int64_t LlamaModel::vocab_size() const { return impl_->V; }
+std::int64_t LlamaModel::hidden_size() const { return impl_->H; }
+
+std::size_t LlamaModel::decode_weight_bytes() const {
+  std::size_t n = impl_->lm_head.w.nbytes();
+  for (const Layer& L : impl_->layers)
+    for (const Dense* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += d->w.nbytes();
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compute
+
+void LlamaModel::Impl::embed_rows(const std::int64_t* ids, std::int64_t n, float* out) const {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= V)
+      throw InvalidArgument("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " + std::to_string(V));
+  if (embed.dtype() == DType::F32) {
+    ops::embedding<float>(ids, std::size_t(n), ConstMatrixMap<float>(embed.data<float>(), V, H), MatrixMap<float>(out, n, H));
+    return;
+  }
+  const auto* tab = static_cast<const std::uint16_t*>(embed.raw());
+  for (std::int64_t i = 0; i < n; ++i) bf16_to_f32_run(tab + ids[i] * H, out + i * H, H);
+}
+
+void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, const std::int64_t* positions,
+                                  const std::uint8_t* key_valid, Cache& cache, std::int64_t past,
+                                  std::vector<Tensor>* hidden) const {
+  const std::int64_t R = B * T;
+  const std::int64_t Lk = past + T;
+  const std::int64_t cap = cache.cap;
+  std::vector<float> xn(std::size_t(R * H)), q(std::size_t(R * nh * hd)), k(std::size_t(R * kvdim)),
+      v(std::size_t(R * kvdim)), att(std::size_t(R * nh * hd)), tmp(std::size_t(R * H)), g(std::size_t(R * I)),
+      u(std::size_t(R * I));
+  MatrixMap<float> hm(h, R, H);
+
+  // Additive masks [B][T, Lk] as HF builds them (shared by every layer).
+  std::vector<float> masks(std::size_t(B * T * Lk));
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t i = 0; i < T; ++i) {
+      float* m = masks.data() + (b * T + i) * Lk;
+      for (std::int64_t j = 0; j < Lk; ++j) m[j] = (j > past + i || !key_valid[b * cap + j]) ? kMaskMin : 0.0f;
+    }
+
+  ops::AttentionOptions<float> ao;
+  ao.num_heads = int(nh);
+  ao.num_kv_heads = int(nkv);
+  ao.head_dim = int(hd);
+  ao.scale = float(1.0 / std::sqrt(double(hd)));
+
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const Layer& L = layers[l];
+    if (hidden) {
+      Tensor t = Tensor::empty({B, T, H});
+      std::memcpy(t.data<float>(), h, std::size_t(R * H) * sizeof(float));
+      hidden->push_back(std::move(t));
+    }
+    // Self-attention block.
+    ops::rms_norm<float>(hm, L.input_norm.data<float>(), eps, MatrixMap<float>(xn.data(), R, H));
+    dense(L.q, xn.data(), R, q.data());
+    dense(L.k, xn.data(), R, k.data());
+    dense(L.v, xn.data(), R, v.data());
+    ops::rope<float>(MatrixMap<float>(q.data(), R, nh * hd), positions, int(nh), int(hd), theta);
+    ops::rope<float>(MatrixMap<float>(k.data(), R, kvdim), positions, int(nkv), int(hd), theta);
+    float* kc = cache.k[l].data();
+    float* vc = cache.v[l].data();
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::memcpy(kc + (b * cap + past) * kvdim, k.data() + b * T * kvdim, std::size_t(T * kvdim) * sizeof(float));
+      std::memcpy(vc + (b * cap + past) * kvdim, v.data() + b * T * kvdim, std::size_t(T * kvdim) * sizeof(float));
+    }
+    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b) {
+        ops::AttentionOptions<float> o = ao;
+        o.mask = masks.data() + b * T * Lk;
+        ops::attention<float>(ConstMatrixMap<float>(q.data() + b * T * nh * hd, T, nh * hd),
+                              ConstMatrixMap<float>(kc + b * cap * kvdim, Lk, kvdim),
+                              ConstMatrixMap<float>(vc + b * cap * kvdim, Lk, kvdim), o,
+                              MatrixMap<float>(att.data() + b * T * nh * hd, T, nh * hd));
+      }
+    });
+    dense(L.o, att.data(), R, tmp.data());
+    hm += ConstMatrixMap<float>(tmp.data(), R, H);
+    // MLP block.
+    ops::rms_norm<float>(hm, L.post_norm.data<float>(), eps, MatrixMap<float>(xn.data(), R, H));
+    dense(L.gate, xn.data(), R, g.data());
+    dense(L.up, xn.data(), R, u.data());
+    ops::activate(act, g.data(), g.size());
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] *= u[i];
+    dense(L.down, g.data(), R, tmp.data());
+    hm += ConstMatrixMap<float>(tmp.data(), R, H);
+  }
+}
+
+Tensor LlamaModel::embed(const Tensor& input_ids) const {
+  if (!input_ids.defined() || input_ids.dtype() != DType::I64)
+    throw InvalidArgument("embed: input_ids must be a defined int64 tensor");
+  Shape s = input_ids.shape();
+  s.push_back(impl_->H);
+  Tensor out = Tensor::empty(s);
+  impl_->embed_rows(input_ids.data<std::int64_t>(), input_ids.numel(), out.data<float>());
+  return out;
+}
+
+namespace {
+void check_embeds(const Tensor& e, std::int64_t H, const char* what) {
+  if (!e.defined() || e.dtype() != DType::F32 || e.ndim() != 3 || e.dim(2) != H || e.dim(0) < 1 || e.dim(1) < 1)
+    throw InvalidArgument(std::string(what) + ": inputs_embeds must be float32 [B, L, " + std::to_string(H) +
+                          "] with B, L >= 1, got " + (e.defined() ? std::string(dtype_name(e.dtype())) + " " +
+                                                                        shape_str(e.shape())
+                                                                  : std::string("an undefined tensor")));
+}
+}  // namespace
+
+LMOutput LlamaModel::forward(const Tensor& inputs_embeds, const Tensor& attention_mask, const Tensor& /*decoder_input_ids*/,
+                             const Tensor& labels, bool output_hidden_states) const {
+  const Impl& m = *impl_;
+  check_embeds(inputs_embeds, m.H, "LlamaModel::forward");
+  const std::int64_t B = inputs_embeds.dim(0), L = inputs_embeds.dim(1), H = m.H, V = m.V;
+  std::vector<std::uint8_t> valid(std::size_t(B * L), 1);
+  if (attention_mask.defined()) {
+    check_mask(attention_mask, B, L, "LlamaModel::forward");
+    const std::int64_t* am = attention_mask.data<std::int64_t>();
+    for (std::int64_t i = 0; i < B * L; ++i) valid[std::size_t(i)] = std::uint8_t(am[i]);
+  }
+  std::int64_t Lout = L;
+  if (labels.defined()) {
+    if (labels.dtype() != DType::I64 || labels.ndim() != 2 || labels.dim(0) != B || labels.dim(1) < 1 ||
+        labels.dim(1) > L)
+      throw InvalidArgument("LlamaModel::forward: labels must be int64 [" + std::to_string(B) + ", L'] with 1 <= L' <= " +
+                            std::to_string(L) + ", got " + dtype_name(labels.dtype()) + " " + shape_str(labels.shape()));
+    const std::int64_t* lp = labels.data<std::int64_t>();
+    for (std::int64_t i = 0; i < labels.numel(); ++i)
+      if (lp[i] != -100 && (lp[i] < 0 || lp[i] >= V))
+        throw InvalidArgument("LlamaModel::forward: label " + std::to_string(lp[i]) + " is outside [0, " +
+                              std::to_string(V) + ") and is not -100");
+    Lout = labels.dim(1);
+  }
+
+  std::vector<float> h(inputs_embeds.data<float>(), inputs_embeds.data<float>() + B * L * H);
+  std::vector<std::int64_t> pos(std::size_t(B * L));
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < L; ++t) pos[std::size_t(b * L + t)] = t;  // forward(): arange(L)
+  Impl::Cache cache;
+  cache.cap = L;
+  cache.k.assign(m.layers.size(), std::vector<float>(std::size_t(B * L * m.kvdim)));
+  cache.v.assign(m.layers.size(), std::vector<float>(std::size_t(B * L * m.kvdim)));
+
+  LMOutput out;
+  m.run_layers(h.data(), B, L, pos.data(), valid.data(), cache, 0, output_hidden_states ? &out.hidden_states : nullptr);
+  cache = Impl::Cache();
+
+  Tensor normed = Tensor::empty({B, L, H});
+  m.final_norm(h.data(), B * L, normed.data<float>());
+  if (output_hidden_states) out.hidden_states.push_back(normed);
+
+  // lm_head over the last Lout positions of each row.
+  std::vector<float> sel;
+  const float* lm_in = normed.data<float>();
+  if (Lout != L) {
+    sel.resize(std::size_t(B * Lout * H));
+    for (std::int64_t b = 0; b < B; ++b)
+      std::memcpy(sel.data() + b * Lout * H, normed.data<float>() + (b * L + L - Lout) * H,
+                  std::size_t(Lout * H) * sizeof(float));
+    lm_in = sel.data();
+  }
+  out.logits = Tensor::empty({B, Lout, V});
+  dense(m.lm_head, lm_in, B * Lout, out.logits.data<float>());
+
+  if (labels.defined()) {
+    // InstructBLIP: logits[:, -L':] shifted by one against labels[:, 1:], CE(ignore_index=-100, mean).
+    const std::int64_t* lp = labels.data<std::int64_t>();
+    std::vector<float> ls(static_cast<std::size_t>(V));
+    double total = 0;
+    std::int64_t count = 0;
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t t = 0; t + 1 < Lout; ++t) {
+        const std::int64_t y = lp[b * Lout + t + 1];
+        if (y == -100) continue;
+        ops::log_softmax_row(out.logits.data<float>() + (b * Lout + t) * V, ls.data(), std::size_t(V));
+        total -= double(ls[std::size_t(y)]);
+        ++count;
+      }
+    out.loss = count ? float(total / double(count)) : std::numeric_limits<float>::quiet_NaN();
+  }
+  return out;
+}
+
+std::unique_ptr<LMState> LlamaModel::start(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                           std::int64_t max_new_tokens) const {
+  const Impl& m = *impl_;
+  check_embeds(inputs_embeds, m.H, "LlamaModel::start");
+  const std::int64_t B = inputs_embeds.dim(0), L = inputs_embeds.dim(1);
+  std::unique_ptr<LlamaState> st(new LlamaState());
+  LlamaState::Data& d = *st->d_;
+  d.model = &m;
+  d.B = B;
+  d.L = L;
+  d.max_new = std::max<std::int64_t>(0, max_new_tokens);
+  d.prompt.assign(inputs_embeds.data<float>(), inputs_embeds.data<float>() + B * L * m.H);
+  d.prompt_mask.assign(std::size_t(B * L), 1);
+  if (attention_mask.defined()) {
+    check_mask(attention_mask, B, L, "LlamaModel::start");
+    const std::int64_t* am = attention_mask.data<std::int64_t>();
+    for (std::int64_t i = 0; i < B * L; ++i) d.prompt_mask[std::size_t(i)] = std::uint8_t(am[i]);
+  }
+  return st;
+}
+
+Tensor LlamaModel::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
+  const Impl& m = *impl_;
+  auto* ls = dynamic_cast<LlamaState*>(&state);
+  if (!ls || ls->d_->model != &m)
+    throw InvalidArgument("LlamaModel::step: the state was not created by this model's start()");
+  LlamaState::Data& d = *ls->d_;
+  const std::int64_t B = d.B, H = m.H, V = m.V;
+  const std::size_t nl = m.layers.size();
+  std::vector<float> last(std::size_t(B * H));
+
+  if (!d.prefilled) {
+    // Prefill: generate()'s positions cumsum(mask) - 1, pads -> 1.
+    const std::int64_t L = d.L;
+    d.cache.cap = L + std::max<std::int64_t>(1, d.max_new);
+    const std::int64_t cap = d.cache.cap;
+    d.cache.k.assign(nl, std::vector<float>(std::size_t(B * cap * m.kvdim)));
+    d.cache.v.assign(nl, std::vector<float>(std::size_t(B * cap * m.kvdim)));
+    d.mask.assign(std::size_t(B * cap), 0);
+    d.attended.assign(std::size_t(B), 0);
+    std::vector<std::int64_t> pos(std::size_t(B * L));
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::int64_t c = 0;
+      for (std::int64_t t = 0; t < L; ++t) {
+        const std::uint8_t mv = d.prompt_mask[std::size_t(b * L + t)];
+        d.mask[std::size_t(b * cap + t)] = mv;
+        c += mv;
+        pos[std::size_t(b * L + t)] = mv ? c - 1 : 1;
+      }
+      d.attended[std::size_t(b)] = c;
+    }
+    m.run_layers(d.prompt.data(), B, L, pos.data(), d.mask.data(), d.cache, 0, nullptr);
+    for (std::int64_t b = 0; b < B; ++b)
+      std::memcpy(last.data() + b * H, d.prompt.data() + (b * L + L - 1) * H, std::size_t(H) * sizeof(float));
+    d.len = L;
+    d.prefilled = true;
+    std::vector<float>().swap(d.prompt);
+    std::vector<std::uint8_t>().swap(d.prompt_mask);
+  } else {
+    if (std::int64_t(tokens.size()) != B)
+      throw InvalidArgument("LlamaModel::step: " + std::to_string(tokens.size()) + " tokens for a state of " +
+                            std::to_string(B) + " rows");
+    m.embed_rows(tokens.data(), B, last.data());
+    if (d.len + 1 > d.cache.cap) {  // grow the caches (amortised doubling)
+      const std::int64_t oc = d.cache.cap, nc = std::max(d.len + 1, 2 * oc);
+      auto regrow = [&](std::vector<float>& buf) {
+        std::vector<float> nb(std::size_t(B * nc * m.kvdim));
+        for (std::int64_t b = 0; b < B; ++b)
+          std::memcpy(nb.data() + b * nc * m.kvdim, buf.data() + b * oc * m.kvdim,
+                      std::size_t(d.len * m.kvdim) * sizeof(float));
+        buf.swap(nb);
+      };
+      for (std::size_t l = 0; l < nl; ++l) {
+        regrow(d.cache.k[l]);
+        regrow(d.cache.v[l]);
+      }
+      std::vector<std::uint8_t> nm(std::size_t(B * nc), 0);
+      for (std::int64_t b = 0; b < B; ++b)
+        std::memcpy(nm.data() + b * nc, d.mask.data() + b * oc, std::size_t(d.len));
+      d.mask.swap(nm);
+      d.cache.cap = nc;
+    }
+    const std::int64_t cap = d.cache.cap;
+    std::vector<std::int64_t> pos(static_cast<std::size_t>(B));
+    for (std::int64_t b = 0; b < B; ++b) {
+      d.mask[std::size_t(b * cap + d.len)] = 1;
+      pos[std::size_t(b)] = d.attended[std::size_t(b)]++;  // cumsum(mask)[-1] - 1
+    }
+    m.run_layers(last.data(), B, 1, pos.data(), d.mask.data(), d.cache, d.len, nullptr);
+    d.len += 1;
+  }
+  std::vector<float> normed(std::size_t(B * H));
+  m.final_norm(last.data(), B, normed.data());
+  Tensor logits = Tensor::empty({B, V});
+  dense(m.lm_head, normed.data(), B, logits.data<float>());
+  return logits;
+}
+
+void LlamaModel::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {
+  const Impl& m = *impl_;
+  auto* ls = dynamic_cast<LlamaState*>(&state);
+  if (!ls || ls->d_->model != &m)
+    throw InvalidArgument("LlamaModel::select_rows: the state was not created by this model's start()");
+  LlamaState::Data& d = *ls->d_;
+  const std::int64_t B = d.B, NB = std::int64_t(index.size());
+  if (NB == 0) throw InvalidArgument("LlamaModel::select_rows: empty index");
+  for (std::int64_t i : index)
+    if (i < 0 || i >= B)
+      throw InvalidArgument("LlamaModel::select_rows: row " + std::to_string(i) + " is outside [0, " +
+                            std::to_string(B) + ")");
+  bool identity = NB == B;
+  for (std::int64_t r = 0; identity && r < NB; ++r) identity = index[std::size_t(r)] == r;
+  if (identity) return;
+  // buf holds B rows of `row` elements of which the first `used` are meaningful.
+  auto gather = [&](auto& buf, std::int64_t row, std::int64_t used) {
+    using Vec = std::decay_t<decltype(buf)>;
+    Vec nb(std::size_t(NB * row));
+    for (std::int64_t r = 0; r < NB; ++r)
+      std::copy_n(buf.begin() + index[std::size_t(r)] * row, used, nb.begin() + r * row);
+    buf.swap(nb);
+  };
+  if (!d.prefilled) {
+    gather(d.prompt, d.L * m.H, d.L * m.H);
+    gather(d.prompt_mask, d.L, d.L);
+  } else {
+    const std::int64_t cap = d.cache.cap;
+    for (auto& k : d.cache.k) gather(k, cap * m.kvdim, d.len * m.kvdim);
+    for (auto& v : d.cache.v) gather(v, cap * m.kvdim, d.len * m.kvdim);
+    gather(d.mask, cap, d.len);
+    gather(d.attended, 1, 1);
+  }
+  d.B = NB;
+}
+
+}  // namespace instructblip::models
