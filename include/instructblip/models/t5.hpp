@@ -1,0 +1,197 @@
+#pragma once
+// Flan-T5 (T5 v1.1 family) behind the LanguageModel interface, matching transformers 4.36.2's
+// T5ForConditionalGeneration (models/t5/modeling_t5.py) in float32:
+//  * one shared token embedding (`shared.weight`); encoder/decoder embed_tokens alias it;
+//  * RMSNorm without mean subtraction or bias, variance in float32 (T5LayerNorm);
+//  * unscaled attention (no 1/sqrt(d_kv)); d_kv * num_heads may differ from d_model;
+//  * relative position bias computed by the first block of each stack (only block 0 stores
+//    `relative_attention_bias`) and reused by every block of that stack: bidirectional buckets in
+//    the encoder, causal buckets in the decoder;
+//  * padding masks as HF extends them: additive (1 - mask) * finfo(float32).min, so masked keys
+//    get exactly zero weight (a row with every key masked attends uniformly, as in HF);
+//  * FFN wo(act(wi_0 x) * wi_1 x) (gated) or wo(act(wi x)), act = dense_act_fn;
+//  * untied lm_head, or (tie_word_embeddings) logits = (h * d_model**-0.5) @ shared^T.
+// Everything is float32 (weights stored as f16/bf16 are converted when loaded); the FFN output in
+// particular stays float32 (HF keeps `wo` in float32 for reduced-precision T5; this library has no
+// reduced-precision activation path yet).
+//
+// The model is immutable after construction and safe to share between threads: all per-call
+// scratch is local, and everything decoding changes lives in a T5State.
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "instructblip/config.hpp"
+#include "instructblip/core/tensor.hpp"
+#include "instructblip/io/checkpoint.hpp"
+#include "instructblip/models/language_model.hpp"
+#include "instructblip/ops/activations.hpp"
+
+namespace instructblip::models {
+
+namespace t5_detail {
+/// Per prompt row, fixed after T5Model::start(): the encoder output, its additive key mask and the
+/// cross-attention keys / values of every decoder block. Shared (not copied) by the beams that
+/// select_rows() expands from one row.
+struct EncoderRow {
+  std::int64_t length = 0;          // encoder positions L (padded length of the batch)
+  std::vector<std::int64_t> mask;   // [L] the attention mask as given (1 = attend)
+  std::vector<float> key_mask;      // [L] additive: (1 - mask) * finfo(float32).min
+  MatrixF hidden;                   // [L, d_model] encoder_last_hidden_state
+  std::vector<MatrixF> cross_k;     // per decoder block: [L, inner_dim]
+  std::vector<MatrixF> cross_v;
+};
+/// Per row: the decoder self-attention cache of every block, [capacity, inner_dim] each (the first
+/// T5State::decoded_length() rows are valid).
+struct CacheRow {
+  std::vector<MatrixF> k, v;
+};
+}  // namespace t5_detail
+
+/// Decoding state of a T5Model: encoder outputs + mask + cross K/V (per row, shared between
+/// beams of one prompt) and the decoder self-attention KV cache (per row).
+class T5State final : public LMState {
+ public:
+  std::int64_t batch() const override { return std::int64_t(cache_.size()); }
+  /// Tokens fed to the decoder so far (the same for every row).
+  std::int64_t decoded_length() const { return length_; }
+  /// Encoder positions (the padded prompt length).
+  std::int64_t encoder_length() const { return enc_.empty() ? 0 : enc_.front()->length; }
+  /// The rows' encoder_last_hidden_state, [batch, L, d_model] (a copy).
+  Tensor encoder_last_hidden_state() const;
+  /// The rows' encoder attention mask as given to start(), [batch, L] int64 (a copy).
+  Tensor encoder_attention_mask() const;
+
+ private:
+  friend class T5Model;
+  std::vector<std::shared_ptr<const t5_detail::EncoderRow>> enc_;
+  std::vector<t5_detail::CacheRow> cache_;
+  std::int64_t length_ = 0;    // decoded positions
+  std::int64_t capacity_ = 0;  // allocated cache rows per block
+};
+
+class T5Model final : public LanguageModel {
+ public:
+  /// Returns the float32 weight named `name` (HF name without the model prefix, e.g.
+  /// "encoder.block.0.layer.0.SelfAttention.q.weight") with exactly `shape`, or throws
+  /// TensorError. The returned tensor must stay valid (it may borrow memory it keeps alive).
+  using WeightFn = std::function<Tensor(const std::string& name, const Shape& shape)>;
+
+  /// Binds the weights `prefix` + HF name in `checkpoint` (prefix "language_model." inside an
+  /// InstructBLIP checkpoint, "" for a bare T5ForConditionalGeneration). F32 weights are zero-copy
+  /// views of the mapped file (the views keep it mapped; `checkpoint` itself may be destroyed).
+  /// Missing / misshapen tensors -> TensorError; an invalid config -> ConfigError; an unsupported
+  /// dense_act_fn -> InvalidArgument.
+  T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix = "language_model.");
+  /// Binds weights from any source (e.g. random tensors built in memory by a benchmark).
+  T5Model(const T5Config& config, const WeightFn& weights);
+
+  const T5Config& config() const { return config_; }
+
+  // ---- LanguageModel --------------------------------------------------------------------------
+  std::int64_t vocab_size() const override { return config_.vocab_size; }
+  std::int64_t hidden_size() const override { return config_.d_model; }
+  bool is_encoder_decoder() const override { return true; }
+
+  Tensor embed(const Tensor& input_ids) const override;
+
+  /// Encoder over (inputs_embeds, attention_mask), then the decoder over `decoder_input_ids`
+  /// (or shift_right(labels) when undefined). `labels` must have the decoder's [B, T] shape.
+  /// loss = mean cross-entropy over labels != -100 (NaN when every label is ignored, as torch).
+  /// hidden_states: decoder, num_decoder_layers + 1 tensors [B, T, d_model];
+  /// encoder_hidden_states: num_layers + 1 tensors [B, L, d_model] (first = inputs_embeds, last =
+  /// after the final norm). encoder_last_hidden_state is always set.
+  LMOutput forward(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                   const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
+                   bool output_hidden_states = false) const override;
+
+  /// Runs the encoder and the cross-attention K/V projections; the returned state is a T5State.
+  std::unique_ptr<LMState> start(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                 std::int64_t max_new_tokens) const override;
+  /// Feeds one token per row to the decoder (the first call: decoder_start_id()).
+  /// `state` must come from this model's start(); `tokens.size()` must equal state.batch().
+  Tensor step(LMState& state, const std::vector<std::int64_t>& tokens) const override;
+  /// Reorders / expands every per-row cache (encoder output, mask, cross K/V, self KV cache).
+  /// Every index must be in [0, batch()); an empty index is an InvalidArgument.
+  void select_rows(LMState& state, const std::vector<std::int64_t>& index) const override;
+
+  // ---- T5 specifics ---------------------------------------------------------------------------
+  struct EncoderOutput {
+    Tensor last_hidden_state;            // [B, L, d_model]
+    std::vector<Tensor> hidden_states;   // on request: num_layers + 1 tensors
+  };
+  /// The encoder stack alone (T5EncoderModel semantics).
+  EncoderOutput encode(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                       bool output_hidden_states = false) const;
+
+  /// T5ForConditionalGeneration._shift_right: [start, labels[:, :-1]] with -100 -> pad_token_id.
+  /// Throws ConfigError when decoder_start_token_id / pad_token_id are both unset.
+  Tensor shift_right(const Tensor& labels) const;
+
+  /// T5Attention._relative_position_bucket for one relative position (memory - query), computed as
+  /// torch does it: the logarithmic branch in float32 (log(rp / max_exact) / log(max_distance /
+  /// max_exact) * (num_buckets - max_exact)) truncated toward zero, capped at num_buckets - 1.
+  static std::int64_t relative_position_bucket(std::int64_t relative_position, bool bidirectional,
+                                               std::int64_t num_buckets, std::int64_t max_distance);
+
+  /// Bytes of weights one decoder step reads (self-attention q/k/v/o, cross-attention q/o, FFN,
+  /// norms and the output head) - for bandwidth figures in benchmarks.
+  std::size_t decoder_step_weight_bytes() const;
+
+ private:
+  struct Attention {
+    Tensor q, k, v, o;  // q/k/v [inner, d_model], o [d_model, inner]
+  };
+  struct FeedForward {
+    Tensor wi, wi_0, wi_1, wo;  // gated: wi_0 / wi_1 [d_ff, d_model]; else wi; wo [d_model, d_ff]
+  };
+  struct Block {
+    Tensor self_norm;
+    Attention self_attn;
+    Tensor cross_norm;  // decoder only
+    Attention cross_attn;
+    Tensor ff_norm;
+    FeedForward ff;
+  };
+  struct Stack {
+    std::vector<Block> blocks;
+    Tensor relative_attention_bias;  // [num_buckets, num_heads]
+    Tensor final_norm;
+  };
+
+  void bind(const WeightFn& weights);
+  void bind_stack(const WeightFn& weights, const std::string& name, std::int64_t layers, bool decoder,
+                  Stack& stack);
+
+  /// [H, Lq, Lk] bias for query positions offset .. offset+Lq-1 against keys 0 .. Lk-1.
+  std::vector<float> position_bias(const Stack& stack, bool bidirectional, std::int64_t query_offset,
+                                   std::int64_t Lq, std::int64_t Lk) const;
+  void feed_forward(const FeedForward& ff, const Tensor& norm, MatrixF& x) const;
+  void rms_norm(const MatrixF& x, const Tensor& weight, MatrixF& y) const;
+
+  /// Encoder: x [B*L, d_model] in / out (after the final norm); masks additive [B, L].
+  void run_encoder(MatrixF& x, std::int64_t B, std::int64_t L, const std::vector<float>& key_masks,
+                   std::vector<MatrixF>* hidden) const;
+  /// Builds a state (encoder rows incl. cross K/V) from the encoder output.
+  std::unique_ptr<T5State> make_state(const MatrixF& enc, std::int64_t B, std::int64_t L,
+                                      std::vector<float> key_masks, const Tensor& attention_mask,
+                                      std::int64_t capacity) const;
+  /// Decoder over T new tokens per row (x: [B*T, d_model] embeddings in, final-normed hidden out),
+  /// appending to the state's self-attention caches.
+  void run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<MatrixF>* hidden) const;
+  /// logits [rows, vocab] from final-normed decoder states (applies the tied-head scaling).
+  void lm_logits(const MatrixF& h, float* out) const;
+  void check_prompt(const Tensor& inputs_embeds, const Tensor& attention_mask, const char* what) const;
+
+  T5Config config_;
+  ops::Activation act_ = ops::Activation::Relu;
+  Tensor shared_;   // [vocab, d_model]
+  Tensor lm_head_;  // [vocab, d_model] (aliases shared_ when tied)
+  Stack encoder_, decoder_;
+};
+
+}  // namespace instructblip::models

@@ -1,0 +1,547 @@
+// Flan-T5 encoder-decoder (transformers 4.36.2 modeling_t5.py semantics), float32 on CPU.
+#include "instructblip/models/t5.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "instructblip/core/thread_pool.hpp"
+#include "instructblip/ops/ops.hpp"
+
+namespace instructblip::models {
+
+using t5_detail::CacheRow;
+using t5_detail::EncoderRow;
+
+namespace {
+
+ConstMatrixMap<float> W(const Tensor& t) { return t.matrix<float>(); }
+
+Tensor to_tensor(const MatrixF& m, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::F32);
+  if (t.numel() != m.size()) throw TensorError("T5: internal shape mismatch for " + shape_str(shape));
+  std::copy(m.data(), m.data() + m.size(), t.data<float>());
+  return t;
+}
+
+// HF's extended / inverted attention mask: (1.0 - mask) * torch.finfo(float32).min, in float32.
+std::vector<float> additive_mask(const Tensor& mask) {
+  std::vector<float> out(std::size_t(mask.numel()));
+  const std::int64_t* m = mask.data<std::int64_t>();
+  for (std::size_t i = 0; i < out.size(); ++i)
+    out[i] = (1.0f - float(m[i])) * std::numeric_limits<float>::lowest();
+  return out;
+}
+
+std::string describe(const Tensor& t) {
+  return t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()) : std::string("undefined");
+}
+
+}  // namespace
+
+// ---- T5State -------------------------------------------------------------------------------
+
+Tensor T5State::encoder_last_hidden_state() const {
+  if (enc_.empty()) return Tensor();
+  const std::int64_t B = batch(), L = encoder_length(), D = enc_.front()->hidden.cols();
+  Tensor t = Tensor::empty({B, L, D}, DType::F32);
+  float* p = t.data<float>();
+  for (std::int64_t b = 0; b < B; ++b) {
+    const MatrixF& h = enc_[std::size_t(b)]->hidden;
+    std::copy(h.data(), h.data() + h.size(), p + b * L * D);
+  }
+  return t;
+}
+
+Tensor T5State::encoder_attention_mask() const {
+  if (enc_.empty()) return Tensor();
+  const std::int64_t B = batch(), L = encoder_length();
+  Tensor t = Tensor::empty({B, L}, DType::I64);
+  std::int64_t* p = t.data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto& m = enc_[std::size_t(b)]->mask;
+    std::copy(m.begin(), m.end(), p + b * L);
+  }
+  return t;
+}
+
+// ---- construction --------------------------------------------------------------------------
+
+T5Model::T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix)
+    : config_(config) {
+  bind([&](const std::string& name, const Shape& shape) { return checkpoint.get_f32(prefix + name, shape); });
+}
+
+T5Model::T5Model(const T5Config& config, const WeightFn& weights) : config_(config) { bind(weights); }
+
+void T5Model::bind(const WeightFn& weights) {
+  config_.validate("T5Config");
+  // Degenerate bucket settings make HF's bucket formula divide by zero (log(1) / log(1)).
+  if (config_.relative_attention_num_buckets < 4)
+    throw ConfigError("T5Config: relative_attention_num_buckets must be >= 4, got " +
+                      std::to_string(config_.relative_attention_num_buckets));
+  if (config_.relative_attention_max_distance <= config_.relative_attention_num_buckets / 2)
+    throw ConfigError("T5Config: relative_attention_max_distance (" +
+                      std::to_string(config_.relative_attention_max_distance) +
+                      ") must exceed relative_attention_num_buckets / 2");
+  act_ = ops::parse_activation(config_.dense_act_fn);
+  const std::int64_t V = config_.vocab_size, D = config_.d_model;
+  shared_ = weights("shared.weight", {V, D});
+  // Tied: embed_tokens and lm_head alias shared.weight and are not stored in checkpoints.
+  lm_head_ = config_.tie_word_embeddings ? shared_ : weights("lm_head.weight", {V, D});
+  bind_stack(weights, "encoder", config_.num_layers, false, encoder_);
+  bind_stack(weights, "decoder", config_.num_decoder_layers, true, decoder_);
+}
+
+void T5Model::bind_stack(const WeightFn& weights, const std::string& name, std::int64_t layers, bool decoder,
+                         Stack& stack) {
+  const std::int64_t D = config_.d_model, I = config_.inner_dim(), F = config_.d_ff;
+  auto attention = [&](const std::string& p, Attention& a) {
+    a.q = weights(p + ".q.weight", {I, D});
+    a.k = weights(p + ".k.weight", {I, D});
+    a.v = weights(p + ".v.weight", {I, D});
+    a.o = weights(p + ".o.weight", {D, I});
+  };
+  stack.blocks.resize(std::size_t(layers));
+  for (std::int64_t i = 0; i < layers; ++i) {
+    Block& blk = stack.blocks[std::size_t(i)];
+    const std::string p = name + ".block." + std::to_string(i) + ".layer.";
+    blk.self_norm = weights(p + "0.layer_norm.weight", {D});
+    attention(p + "0.SelfAttention", blk.self_attn);
+    if (i == 0)
+      stack.relative_attention_bias = weights(p + "0.SelfAttention.relative_attention_bias.weight",
+                                              {config_.relative_attention_num_buckets, config_.num_heads});
+    std::string ffp = p + "1.";
+    if (decoder) {
+      blk.cross_norm = weights(p + "1.layer_norm.weight", {D});
+      attention(p + "1.EncDecAttention", blk.cross_attn);
+      ffp = p + "2.";
+    }
+    blk.ff_norm = weights(ffp + "layer_norm.weight", {D});
+    if (config_.is_gated_act) {
+      blk.ff.wi_0 = weights(ffp + "DenseReluDense.wi_0.weight", {F, D});
+      blk.ff.wi_1 = weights(ffp + "DenseReluDense.wi_1.weight", {F, D});
+    } else {
+      blk.ff.wi = weights(ffp + "DenseReluDense.wi.weight", {F, D});
+    }
+    blk.ff.wo = weights(ffp + "DenseReluDense.wo.weight", {D, F});
+  }
+  stack.final_norm = weights(name + ".final_layer_norm.weight", {D});
+}
+
+std::size_t T5Model::decoder_step_weight_bytes() const {
+  std::size_t n = 0;
+  for (const Block& b : decoder_.blocks) {
+    for (const Tensor* t : {&b.self_norm, &b.self_attn.q, &b.self_attn.k, &b.self_attn.v, &b.self_attn.o,
+                            &b.cross_norm, &b.cross_attn.q, &b.cross_attn.o, &b.ff_norm, &b.ff.wi, &b.ff.wi_0,
+                            &b.ff.wi_1, &b.ff.wo})
+      if (t->defined()) n += std::size_t(t->numel()) * sizeof(float);
+  }
+  n += std::size_t(decoder_.final_norm.numel()) * sizeof(float);
+  if (decoder_.relative_attention_bias.defined())
+    n += std::size_t(decoder_.relative_attention_bias.numel()) * sizeof(float);
+  n += std::size_t(lm_head_.numel()) * sizeof(float);
+  n += std::size_t(config_.d_model) * sizeof(float);  // the embedding row of the fed token
+  return n;
+}
+
+// ---- pieces --------------------------------------------------------------------------------
+
+std::int64_t T5Model::relative_position_bucket(std::int64_t relative_position, bool bidirectional,
+                                               std::int64_t num_buckets, std::int64_t max_distance) {
+  std::int64_t bucket = 0;
+  std::int64_t n = num_buckets;
+  std::int64_t rp = relative_position;
+  if (bidirectional) {
+    n /= 2;
+    if (rp > 0) bucket += n;
+    rp = rp < 0 ? -rp : rp;
+  } else {
+    rp = -std::min<std::int64_t>(rp, 0);
+  }
+  const std::int64_t max_exact = n / 2;
+  if (rp < max_exact) return bucket + rp;
+  // torch: max_exact + (log(rp.float() / max_exact) / math.log(max_distance / max_exact)
+  //                     * (num_buckets - max_exact)).to(long), every tensor op in float32 (the
+  // Python-double scalars are rounded to float32 by the op), then min(..., num_buckets - 1).
+  const float ratio = float(rp) / float(max_exact);
+  const float denom = float(std::log(double(max_distance) / double(max_exact)));
+  const float scaled = std::log(ratio) / denom * float(n - max_exact);
+  std::int64_t large;
+  if (!(scaled < float(n)))  // also catches NaN / inf of degenerate settings
+    large = n - 1;
+  else
+    large = std::min<std::int64_t>(max_exact + std::int64_t(scaled), n - 1);  // truncation toward zero
+  return bucket + large;
+}
+
+std::vector<float> T5Model::position_bias(const Stack& stack, bool bidirectional, std::int64_t query_offset,
+                                          std::int64_t Lq, std::int64_t Lk) const {
+  const std::int64_t H = config_.num_heads, nb = config_.relative_attention_num_buckets;
+  const float* table = stack.relative_attention_bias.data<float>();  // [nb, H]
+  // relative position j - (query_offset + i) ranges over [min_rel, Lk - 1 - query_offset]
+  const std::int64_t min_rel = -(query_offset + Lq - 1);
+  const std::int64_t max_rel = Lk - 1 - query_offset;
+  std::vector<std::int64_t> bucket_of(std::size_t(max_rel - min_rel + 1));
+  for (std::int64_t r = min_rel; r <= max_rel; ++r) {
+    std::int64_t b = relative_position_bucket(r, bidirectional, nb, config_.relative_attention_max_distance);
+    if (b < 0 || b >= nb) throw InvalidArgument("T5: relative position bucket out of range");
+    bucket_of[std::size_t(r - min_rel)] = b;
+  }
+  std::vector<float> pb(std::size_t(H * Lq * Lk));
+  for (std::int64_t i = 0; i < Lq; ++i)
+    for (std::int64_t j = 0; j < Lk; ++j) {
+      const float* row = table + bucket_of[std::size_t(j - query_offset - i - min_rel)] * H;
+      for (std::int64_t h = 0; h < H; ++h) pb[std::size_t((h * Lq + i) * Lk + j)] = row[h];
+    }
+  return pb;
+}
+
+void T5Model::rms_norm(const MatrixF& x, const Tensor& weight, MatrixF& y) const {
+  ops::rms_norm<float>(x, weight.data<float>(), float(config_.layer_norm_epsilon), y);
+}
+
+void T5Model::feed_forward(const FeedForward& ff, const Tensor& norm, MatrixF& x) const {
+  const Eigen::Index rows = x.rows();
+  MatrixF n(rows, x.cols());
+  rms_norm(x, norm, n);
+  MatrixF h(rows, config_.d_ff);
+  if (config_.is_gated_act) {
+    ops::linear<float>(n, W(ff.wi_0), nullptr, h);
+    ops::activate(act_, h.data(), std::size_t(h.size()));
+    MatrixF g(rows, config_.d_ff);
+    ops::linear<float>(n, W(ff.wi_1), nullptr, g);
+    h.array() *= g.array();
+  } else {
+    ops::linear<float>(n, W(ff.wi), nullptr, h);
+    ops::activate(act_, h.data(), std::size_t(h.size()));
+  }
+  // The FFN output is kept in float32 (HF keeps `wo` in fp32 for reduced-precision T5); there is
+  // no reduced-precision activation path in this library yet.
+  MatrixF o(rows, x.cols());
+  ops::linear<float>(h, W(ff.wo), nullptr, o);
+  x += o;
+}
+
+void T5Model::lm_logits(const MatrixF& h, float* out) const {
+  MatrixMap<float> y(out, h.rows(), config_.vocab_size);
+  if (config_.tie_word_embeddings) {
+    // sequence_output * (model_dim ** -0.5): a Python double applied as a float32 scalar.
+    const float scale = float(std::pow(double(config_.d_model), -0.5));
+    MatrixF hs = h * scale;
+    ops::linear<float>(hs, W(lm_head_), nullptr, y);
+  } else {
+    ops::linear<float>(h, W(lm_head_), nullptr, y);
+  }
+}
+
+void T5Model::check_prompt(const Tensor& inputs_embeds, const Tensor& attention_mask, const char* what) const {
+  if (!inputs_embeds.defined() || inputs_embeds.dtype() != DType::F32 || inputs_embeds.ndim() != 3 ||
+      inputs_embeds.dim(2) != config_.d_model || inputs_embeds.dim(0) < 1 || inputs_embeds.dim(1) < 1)
+    throw InvalidArgument(std::string("T5 ") + what + ": inputs_embeds must be F32 [B>=1, L>=1, " +
+                          std::to_string(config_.d_model) + "], got " + describe(inputs_embeds));
+  if (!attention_mask.defined() || attention_mask.dtype() != DType::I64 ||
+      attention_mask.shape() != Shape{inputs_embeds.dim(0), inputs_embeds.dim(1)})
+    throw InvalidArgument(std::string("T5 ") + what + ": attention_mask must be I64 " +
+                          shape_str({inputs_embeds.dim(0), inputs_embeds.dim(1)}) + ", got " +
+                          describe(attention_mask));
+}
+
+// ---- stacks --------------------------------------------------------------------------------
+
+void T5Model::run_encoder(MatrixF& x, std::int64_t B, std::int64_t L, const std::vector<float>& key_masks,
+                          std::vector<MatrixF>* hidden) const {
+  const std::int64_t D = config_.d_model, I = config_.inner_dim();
+  const int H = int(config_.num_heads), Dk = int(config_.d_kv);
+  std::vector<float> pb;
+  if (!encoder_.blocks.empty()) pb = position_bias(encoder_, /*bidirectional=*/true, 0, L, L);
+  MatrixF n(B * L, D), q(B * L, I), k(B * L, I), v(B * L, I), a(B * L, I), o(B * L, D);
+  for (const Block& blk : encoder_.blocks) {
+    if (hidden) hidden->push_back(x);
+    rms_norm(x, blk.self_norm, n);
+    ops::linear<float>(n, W(blk.self_attn.q), nullptr, q);
+    ops::linear<float>(n, W(blk.self_attn.k), nullptr, k);
+    ops::linear<float>(n, W(blk.self_attn.v), nullptr, v);
+    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b) {
+        ops::AttentionOptions<float> opt;
+        opt.num_heads = H;
+        opt.head_dim = Dk;
+        opt.scale = 1.0f;  // T5 does not scale the scores
+        opt.key_mask = key_masks.data() + b * L;
+        opt.position_bias = pb.data();
+        auto ab = a.middleRows(b * L, L);
+        ops::attention<float>(q.middleRows(b * L, L), k.middleRows(b * L, L), v.middleRows(b * L, L), opt, ab);
+      }
+    });
+    ops::linear<float>(a, W(blk.self_attn.o), nullptr, o);
+    x += o;
+    feed_forward(blk.ff, blk.ff_norm, x);
+  }
+  rms_norm(x, encoder_.final_norm, x);
+  if (hidden) hidden->push_back(x);
+}
+
+std::unique_ptr<T5State> T5Model::make_state(const MatrixF& enc, std::int64_t B, std::int64_t L,
+                                             std::vector<float> key_masks, const Tensor& attention_mask,
+                                             std::int64_t capacity) const {
+  const std::int64_t I = config_.inner_dim();
+  const std::size_t nl = decoder_.blocks.size();
+  std::vector<std::shared_ptr<EncoderRow>> rows(static_cast<std::size_t>(B));
+  const std::int64_t* m = attention_mask.data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b) {
+    auto r = std::make_shared<EncoderRow>();
+    r->length = L;
+    r->mask.assign(m + b * L, m + (b + 1) * L);
+    r->key_mask.assign(key_masks.begin() + b * L, key_masks.begin() + (b + 1) * L);
+    r->hidden = enc.middleRows(b * L, L);
+    r->cross_k.resize(nl);
+    r->cross_v.resize(nl);
+    rows[std::size_t(b)] = std::move(r);
+  }
+  // Cross-attention K/V are computed once, for all rows at a time, per decoder block.
+  MatrixF kb(B * L, I), vb(B * L, I);
+  for (std::size_t l = 0; l < nl; ++l) {
+    ops::linear<float>(enc, W(decoder_.blocks[l].cross_attn.k), nullptr, kb);
+    ops::linear<float>(enc, W(decoder_.blocks[l].cross_attn.v), nullptr, vb);
+    for (std::int64_t b = 0; b < B; ++b) {
+      rows[std::size_t(b)]->cross_k[l] = kb.middleRows(b * L, L);
+      rows[std::size_t(b)]->cross_v[l] = vb.middleRows(b * L, L);
+    }
+  }
+  auto st = std::make_unique<T5State>();
+  st->enc_.assign(rows.begin(), rows.end());
+  capacity = std::max<std::int64_t>(capacity, 1);
+  st->cache_.resize(std::size_t(B));
+  for (CacheRow& c : st->cache_) {
+    c.k.assign(nl, MatrixF(capacity, I));
+    c.v.assign(nl, MatrixF(capacity, I));
+  }
+  st->capacity_ = capacity;
+  st->length_ = 0;
+  return st;
+}
+
+void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<MatrixF>* hidden) const {
+  const std::int64_t B = st.batch(), D = config_.d_model, I = config_.inner_dim();
+  const int H = int(config_.num_heads), Dk = int(config_.d_kv);
+  const std::int64_t P = st.length_, Lk = P + T;
+  if (x.rows() != B * T) throw InvalidArgument("T5 decoder: input rows do not match batch x tokens");
+  if (Lk > st.capacity_) {
+    const std::int64_t cap = std::max(Lk, 2 * st.capacity_);
+    for (CacheRow& c : st.cache_) {
+      for (MatrixF& m : c.k) m.conservativeResize(cap, I);
+      for (MatrixF& m : c.v) m.conservativeResize(cap, I);
+    }
+    st.capacity_ = cap;
+  }
+  std::vector<float> pb;
+  if (!decoder_.blocks.empty()) pb = position_bias(decoder_, /*bidirectional=*/false, P, T, Lk);
+  MatrixF n(B * T, D), q(B * T, I), k(B * T, I), v(B * T, I), a(B * T, I), o(B * T, D);
+  for (std::size_t l = 0; l < decoder_.blocks.size(); ++l) {
+    const Block& blk = decoder_.blocks[l];
+    if (hidden) hidden->push_back(x);
+    // causal self-attention over the cache
+    rms_norm(x, blk.self_norm, n);
+    ops::linear<float>(n, W(blk.self_attn.q), nullptr, q);
+    ops::linear<float>(n, W(blk.self_attn.k), nullptr, k);
+    ops::linear<float>(n, W(blk.self_attn.v), nullptr, v);
+    for (std::int64_t b = 0; b < B; ++b) {
+      CacheRow& c = st.cache_[std::size_t(b)];
+      c.k[l].middleRows(P, T) = k.middleRows(b * T, T);
+      c.v[l].middleRows(P, T) = v.middleRows(b * T, T);
+    }
+    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const CacheRow& c = st.cache_[std::size_t(b)];
+        ops::AttentionOptions<float> opt;
+        opt.num_heads = H;
+        opt.head_dim = Dk;
+        opt.scale = 1.0f;
+        opt.causal = true;
+        opt.query_offset = P;
+        opt.position_bias = pb.data();
+        auto ab = a.middleRows(b * T, T);
+        ops::attention<float>(q.middleRows(b * T, T), c.k[l].topRows(Lk), c.v[l].topRows(Lk), opt, ab);
+      }
+    });
+    ops::linear<float>(a, W(blk.self_attn.o), nullptr, o);
+    x += o;
+    // cross-attention to the encoder output (no position bias; padding mask only)
+    rms_norm(x, blk.cross_norm, n);
+    ops::linear<float>(n, W(blk.cross_attn.q), nullptr, q);
+    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const EncoderRow& e = *st.enc_[std::size_t(b)];
+        ops::AttentionOptions<float> opt;
+        opt.num_heads = H;
+        opt.head_dim = Dk;
+        opt.scale = 1.0f;
+        opt.key_mask = e.key_mask.data();
+        auto ab = a.middleRows(b * T, T);
+        ops::attention<float>(q.middleRows(b * T, T), e.cross_k[l], e.cross_v[l], opt, ab);
+      }
+    });
+    ops::linear<float>(a, W(blk.cross_attn.o), nullptr, o);
+    x += o;
+    feed_forward(blk.ff, blk.ff_norm, x);
+  }
+  rms_norm(x, decoder_.final_norm, x);
+  if (hidden) hidden->push_back(x);
+  st.length_ = Lk;
+}
+
+// ---- LanguageModel -------------------------------------------------------------------------
+
+Tensor T5Model::embed(const Tensor& input_ids) const {
+  if (!input_ids.defined() || input_ids.dtype() != DType::I64 || input_ids.ndim() < 1)
+    throw InvalidArgument("T5 embed: input_ids must be an I64 tensor, got " + describe(input_ids));
+  Shape shape = input_ids.shape();
+  shape.push_back(config_.d_model);
+  Tensor out = Tensor::empty(shape, DType::F32);
+  auto y = out.matrix<float>(input_ids.numel(), config_.d_model);
+  ops::embedding<float>(input_ids.data<std::int64_t>(), std::size_t(input_ids.numel()), W(shared_), y);
+  return out;
+}
+
+T5Model::EncoderOutput T5Model::encode(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                       bool output_hidden_states) const {
+  check_prompt(inputs_embeds, attention_mask, "encode");
+  const std::int64_t B = inputs_embeds.dim(0), L = inputs_embeds.dim(1), D = config_.d_model;
+  MatrixF x = inputs_embeds.matrix<float>(B * L, D);
+  std::vector<MatrixF> hidden;
+  run_encoder(x, B, L, additive_mask(attention_mask), output_hidden_states ? &hidden : nullptr);
+  EncoderOutput out;
+  out.last_hidden_state = to_tensor(x, {B, L, D});
+  for (const MatrixF& h : hidden) out.hidden_states.push_back(to_tensor(h, {B, L, D}));
+  return out;
+}
+
+Tensor T5Model::shift_right(const Tensor& labels) const {
+  if (!labels.defined() || labels.dtype() != DType::I64 || labels.ndim() != 2)
+    throw InvalidArgument("T5 shift_right: labels must be I64 [B, T], got " + describe(labels));
+  const auto start = config_.decoder_start_id();
+  if (!start)
+    throw ConfigError("T5Config: decoder_start_token_id (or pad_token_id) must be set to shift labels right");
+  if (!config_.pad_token_id) throw ConfigError("T5Config: pad_token_id must be set to shift labels right");
+  const std::int64_t B = labels.dim(0), T = labels.dim(1);
+  Tensor out = Tensor::empty({B, T}, DType::I64);
+  const std::int64_t* src = labels.data<std::int64_t>();
+  std::int64_t* dst = out.data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < T; ++t) {
+      std::int64_t id = t == 0 ? *start : src[b * T + t - 1];
+      dst[b * T + t] = id == -100 ? *config_.pad_token_id : id;
+    }
+  return out;
+}
+
+LMOutput T5Model::forward(const Tensor& inputs_embeds, const Tensor& attention_mask, const Tensor& decoder_input_ids,
+                          const Tensor& labels, bool output_hidden_states) const {
+  check_prompt(inputs_embeds, attention_mask, "forward");
+  const std::int64_t B = inputs_embeds.dim(0), L = inputs_embeds.dim(1), D = config_.d_model;
+  const std::int64_t V = config_.vocab_size;
+  if (!decoder_input_ids.defined() && !labels.defined())
+    throw InvalidArgument("T5 forward: give decoder_input_ids or labels");
+  const Tensor dec_ids = decoder_input_ids.defined() ? decoder_input_ids : shift_right(labels);
+  if (dec_ids.dtype() != DType::I64 || dec_ids.ndim() != 2 || dec_ids.dim(0) != B || dec_ids.dim(1) < 1)
+    throw InvalidArgument("T5 forward: decoder_input_ids must be I64 [" + std::to_string(B) + ", T>=1], got " +
+                          describe(dec_ids));
+  const std::int64_t T = dec_ids.dim(1);
+  if (labels.defined() && (labels.dtype() != DType::I64 || labels.shape() != Shape{B, T}))
+    throw InvalidArgument("T5 forward: labels must be I64 " + shape_str({B, T}) + ", got " + describe(labels));
+
+  LMOutput out;
+  std::vector<float> key_masks = additive_mask(attention_mask);
+  MatrixF enc = inputs_embeds.matrix<float>(B * L, D);
+  std::vector<MatrixF> enc_hidden;
+  run_encoder(enc, B, L, key_masks, output_hidden_states ? &enc_hidden : nullptr);
+
+  MatrixF x(B * T, D);
+  ops::embedding<float>(dec_ids.data<std::int64_t>(), std::size_t(B * T), W(shared_), x);
+  auto st = make_state(enc, B, L, std::move(key_masks), attention_mask, T);
+  std::vector<MatrixF> dec_hidden;
+  run_decoder(*st, x, T, output_hidden_states ? &dec_hidden : nullptr);
+
+  out.logits = Tensor::empty({B, T, V}, DType::F32);
+  float* logits = out.logits.data<float>();
+  lm_logits(x, logits);
+
+  if (labels.defined()) {
+    // CrossEntropyLoss(ignore_index=-100), mean over the non-ignored positions.
+    const std::int64_t* lab = labels.data<std::int64_t>();
+    double sum = 0.0;
+    std::int64_t count = 0;
+    for (std::int64_t r = 0; r < B * T; ++r) {
+      const std::int64_t y = lab[r];
+      if (y == -100) continue;
+      if (y < 0 || y >= V)
+        throw InvalidArgument("T5 forward: label " + std::to_string(y) + " is outside the vocabulary of " +
+                              std::to_string(V));
+      const float* row = logits + r * V;
+      const float mx = *std::max_element(row, row + V);
+      double z = 0.0;
+      for (std::int64_t j = 0; j < V; ++j) z += std::exp(double(row[j]) - double(mx));
+      sum += double(mx) + std::log(z) - double(row[y]);
+      ++count;
+    }
+    out.loss = count > 0 ? float(sum / double(count)) : std::numeric_limits<float>::quiet_NaN();
+  }
+  out.encoder_last_hidden_state = to_tensor(enc, {B, L, D});
+  for (const MatrixF& h : dec_hidden) out.hidden_states.push_back(to_tensor(h, {B, T, D}));
+  for (const MatrixF& h : enc_hidden) out.encoder_hidden_states.push_back(to_tensor(h, {B, L, D}));
+  return out;
+}
+
+std::unique_ptr<LMState> T5Model::start(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                        std::int64_t max_new_tokens) const {
+  check_prompt(inputs_embeds, attention_mask, "start");
+  const std::int64_t B = inputs_embeds.dim(0), L = inputs_embeds.dim(1), D = config_.d_model;
+  std::vector<float> key_masks = additive_mask(attention_mask);
+  MatrixF enc = inputs_embeds.matrix<float>(B * L, D);
+  run_encoder(enc, B, L, key_masks, nullptr);
+  return make_state(enc, B, L, std::move(key_masks), attention_mask, std::max<std::int64_t>(max_new_tokens, 1));
+}
+
+Tensor T5Model::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
+  auto* st = dynamic_cast<T5State*>(&state);
+  if (!st) throw InvalidArgument("T5 step: the state was not created by T5Model::start");
+  const std::int64_t B = st->batch();
+  if (std::int64_t(tokens.size()) != B)
+    throw InvalidArgument("T5 step: " + std::to_string(tokens.size()) + " tokens for a state of " +
+                          std::to_string(B) + " rows");
+  MatrixF x(B, config_.d_model);
+  ops::embedding<float>(tokens.data(), tokens.size(), W(shared_), x);
+  run_decoder(*st, x, 1, nullptr);
+  Tensor logits = Tensor::empty({B, config_.vocab_size}, DType::F32);
+  lm_logits(x, logits.data<float>());
+  return logits;
+}
+
+void T5Model::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {
+  auto* st = dynamic_cast<T5State*>(&state);
+  if (!st) throw InvalidArgument("T5 select_rows: the state was not created by T5Model::start");
+  const std::int64_t B = st->batch();
+  if (index.empty()) throw InvalidArgument("T5 select_rows: empty index");
+  std::vector<int> uses(std::size_t(B), 0);
+  for (std::int64_t i : index) {
+    if (i < 0 || i >= B)
+      throw InvalidArgument("T5 select_rows: row " + std::to_string(i) + " outside [0, " + std::to_string(B) + ")");
+    ++uses[std::size_t(i)];
+  }
+  std::vector<std::shared_ptr<const EncoderRow>> enc(index.size());
+  std::vector<CacheRow> cache(index.size());
+  for (std::size_t i = 0; i < index.size(); ++i) {
+    const std::size_t src = std::size_t(index[i]);
+    enc[i] = st->enc_[src];  // immutable: shared between the rows that come from one prompt row
+    if (--uses[src] == 0)
+      cache[i] = std::move(st->cache_[src]);  // last use of this row: no copy
+    else
+      cache[i] = st->cache_[src];
+  }
+  st->enc_ = std::move(enc);
+  st->cache_ = std::move(cache);
+}
+
+}  // namespace instructblip::models
