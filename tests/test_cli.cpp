@@ -3,6 +3,7 @@
 // and one readable line with the documented exit status for every kind of bad input.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -29,7 +30,8 @@ std::string quote(const std::string& s) {
 }
 
 Result run_cli(const std::vector<std::string>& args) {
-  const std::string err_file = ibtest::tmp_dir() + "/cli_stderr.txt";
+  // per process: CTest runs the cases of this file in parallel
+  const std::string err_file = ibtest::tmp_dir() + "/cli_stderr_" + std::to_string(::getpid()) + ".txt";
   std::string cmd = quote(IB_CLI_PATH);
   for (const auto& a : args) cmd += " " + quote(a);
   cmd += " 2>" + quote(err_file) + " </dev/null";
@@ -155,8 +157,9 @@ TEST(Cli, BadInputsGiveOneLineAndTheirExitStatus) {
   const std::string image = ibtest::data_dir() + "/images/Confusing-Pictures.jpg";
   const std::string tmp = ibtest::tmp_dir();
   // a corrupt image and a corrupt checkpoint
-  { std::ofstream(tmp + "/corrupt.jpg", std::ios::binary) << "\xff\xd8\xff\xe0 not really a jpeg"; }
-  const std::string broken = tmp + "/broken-model";
+  const std::string corrupt = tmp + "/corrupt-" + std::to_string(::getpid()) + ".jpg";
+  { std::ofstream(corrupt, std::ios::binary) << "\xff\xd8\xff\xe0 not really a jpeg"; }
+  const std::string broken = tmp + "/broken-model-" + std::to_string(::getpid());
   std::system(("rm -rf " + quote(broken) + " && cp -r " + quote(model) + " " + quote(broken)).c_str());
   {
     std::ifstream in(model + "/model.safetensors", std::ios::binary);
@@ -171,7 +174,7 @@ TEST(Cli, BadInputsGiveOneLineAndTheirExitStatus) {
   const std::vector<Bad> cases = {
       {{"--model", tmp + "/no-such-model", "--image", image, "--prompt", "x"}, 1, "no-such-model"},
       {{"--model", model, "--image", tmp + "/no-such.jpg", "--prompt", "x"}, 1, "no-such.jpg"},
-      {{"--model", model, "--image", tmp + "/corrupt.jpg", "--prompt", "x"}, 1, "corrupt.jpg"},
+      {{"--model", model, "--image", corrupt, "--prompt", "x"}, 1, corrupt},
       {{"--model", broken, "--image", image, "--prompt", "x"}, 1, "model.safetensors"},
       {{"--model", model, "--image", image, "--prompt", "x", "--frobnicate"}, 2, "--frobnicate"},
       {{"--model", model, "--image", image, "--prompt", "x", "--num-beams", "0"}, 2, "--num-beams"},
