@@ -137,15 +137,18 @@ void parallel_for(std::int64_t begin, std::int64_t end, std::int64_t grain,
   };
   bool was = t_in_worker;
   t_in_worker = true;  // the caller's own chunks must not re-enter the pool
-  bool ran = false;
   try {
-    ran = pool().run(chunks, task);
+    if (!pool().run(chunks, task)) {
+      // Busy (another caller holds the pool): the same chunks, in turn, on this thread. Running
+      // the same chunks (rather than [begin, end) whole) keeps results bit-identical whether or
+      // not the pool was free: kernels such as GEMM may round differently on a different split.
+      for (std::int64_t c = 0; c < chunks; ++c) task(c);
+    }
   } catch (...) {
     t_in_worker = was;
     throw;
   }
   t_in_worker = was;
-  if (!ran) fn(begin, end);
 }
 
 }  // namespace instructblip

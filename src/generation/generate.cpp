@@ -5,6 +5,8 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 
 #include "instructblip/generation/logits_process.hpp"
 #include "instructblip/ops/activations.hpp"
@@ -104,9 +106,32 @@ struct Candidate {
   std::int64_t flat;  // index into num_beams * vocab
 };
 
+// a * b for non-negative operands, saturating at INT64_MAX (limits may be raised arbitrarily).
+std::int64_t mul_sat(std::int64_t a, std::int64_t b) {
+  if (a <= 0 || b <= 0) return 0;
+  if (a > std::numeric_limits<std::int64_t>::max() / b) return std::numeric_limits<std::int64_t>::max();
+  return a * b;
+}
+std::int64_t add_sat(std::int64_t a, std::int64_t b) {
+  if (a > std::numeric_limits<std::int64_t>::max() - b) return std::numeric_limits<std::int64_t>::max();
+  return a + b;
+}
+
+std::string over_limit(const std::string& what, std::int64_t value, const char* limit_name, std::int64_t limit) {
+  return what + " (" + std::to_string(value) + ") exceeds the limit of " + std::to_string(limit) +
+         " (GenerationLimits::" + limit_name + ")";
+}
+
+// The KV caches are sized for at most this many new tokens up front and grow (doubling) beyond,
+// so a large max_new_tokens costs memory only when the tokens are actually generated.
+constexpr std::int64_t kInitialCacheTokens = 512;
+
 }  // namespace
 
-GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_encoder_decoder) {
+
+GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_encoder_decoder,
+                                           const GenerationLimits& limits) {
+  limits.validate();
   GenerationConfig c = in;
   c.validate();
   if (c.num_beam_groups != 1) throw InvalidArgument("num_beam_groups > 1 (group beam search) is not supported");
@@ -114,6 +139,11 @@ GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_e
     throw InvalidArgument("contrastive search (penalty_alpha) is not supported");
   if (c.num_beams < 1) throw InvalidArgument("num_beams must be >= 1");
   if (c.num_return_sequences < 1) throw InvalidArgument("num_return_sequences must be >= 1");
+  if (c.num_beams > limits.max_num_beams)
+    throw InvalidArgument(over_limit("num_beams", c.num_beams, "max_num_beams", limits.max_num_beams));
+  if (c.num_return_sequences > limits.max_num_return_sequences)
+    throw InvalidArgument(over_limit("num_return_sequences", c.num_return_sequences, "max_num_return_sequences",
+                                     limits.max_num_return_sequences));
   if (!c.do_sample && c.num_beams == 1 && c.num_return_sequences > 1)
     throw InvalidArgument("greedy search returns one sequence per input: num_return_sequences must be 1 (use beams or sampling)");
   if (c.num_beams > 1 && c.num_return_sequences > c.num_beams)
@@ -125,9 +155,13 @@ GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_e
   if (!(c.repetition_penalty > 0)) throw InvalidArgument("repetition_penalty must be strictly positive");
   if (c.max_new_tokens) {
     if (*c.max_new_tokens < 1) throw InvalidArgument("max_new_tokens must be >= 1");
+    if (*c.max_new_tokens > limits.max_length - 1)
+      throw InvalidArgument(over_limit("max_new_tokens", *c.max_new_tokens, "max_length - 1", limits.max_length - 1));
     c.max_length = *c.max_new_tokens + 1;  // + the start token
   }
   if (c.max_length < 1) throw InvalidArgument("max_length must be >= 1");
+  if (c.max_length > limits.max_length)
+    throw InvalidArgument(over_limit("max_length", c.max_length, "max_length", limits.max_length));
   if (!c.pad_token_id && !c.eos_token_id.empty()) c.pad_token_id = c.eos_token_id.front();
   if (is_encoder_decoder) {
     if (!c.decoder_start_token_id) c.decoder_start_token_id = c.bos_token_id;
@@ -141,10 +175,38 @@ GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_e
   return c;
 }
 
+void check_generation_size(const GenerationConfig& cfg, std::int64_t B, std::int64_t L, std::int64_t V,
+                           const GenerationLimits& limits) {
+  const bool beam = cfg.num_beams > 1;
+  const std::int64_t expand = beam ? cfg.num_beams : cfg.num_return_sequences;
+  const std::int64_t rows = mul_sat(B, expand);
+  if (L > limits.max_prompt_tokens)
+    throw InvalidArgument(over_limit("generate: the prompt length in positions", L, "max_prompt_tokens",
+                                     limits.max_prompt_tokens));
+  if (rows > limits.max_rows)
+    throw InvalidArgument(over_limit("generate: batch " + std::to_string(B) + " x " +
+                                         (beam ? "num_beams " : "num_return_sequences ") + std::to_string(expand) +
+                                         " rows",
+                                     rows, "max_rows", limits.max_rows));
+  const std::int64_t positions = mul_sat(rows, add_sat(L, cfg.max_length));
+  if (positions > limits.max_total_positions)
+    throw InvalidArgument(over_limit("generate: rows x (prompt length + max_length) = " + std::to_string(rows) +
+                                         " x (" + std::to_string(L) + " + " + std::to_string(cfg.max_length) + ")",
+                                     positions, "max_total_positions", limits.max_total_positions));
+  if (cfg.output_scores) {
+    const std::int64_t bytes = mul_sat(mul_sat(mul_sat(rows, cfg.max_length - 1), V), 4);
+    if (bytes > limits.max_output_scores_bytes)
+      throw InvalidArgument(over_limit("generate: output_scores could keep rows x (max_length - 1) x vocab x 4 bytes",
+                                       bytes, "max_output_scores_bytes", limits.max_output_scores_bytes));
+  }
+}
+
 GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_embeds, const Tensor& attention_mask,
-                        const GenerationConfig& user_cfg, const GenerateHooks& hooks) {
-  const GenerationConfig cfg = resolve_generation_config(user_cfg, lm.is_encoder_decoder());
-  if (inputs_embeds.ndim() != 3 || attention_mask.ndim() != 2 || attention_mask.dim(0) != inputs_embeds.dim(0) ||
+                        const GenerationConfig& user_cfg, const GenerateHooks& hooks,
+                        const GenerationLimits& limits) {
+  const GenerationConfig cfg = resolve_generation_config(user_cfg, lm.is_encoder_decoder(), limits);
+  if (!inputs_embeds.defined() || !attention_mask.defined() || inputs_embeds.ndim() != 3 ||
+      attention_mask.ndim() != 2 || attention_mask.dim(0) != inputs_embeds.dim(0) ||
       attention_mask.dim(1) != inputs_embeds.dim(1))
     throw InvalidArgument("generate: inputs_embeds must be [B, L, H] and attention_mask [B, L], got " +
                           shape_str(inputs_embeds.shape()) + " and " + shape_str(attention_mask.shape()));
@@ -153,11 +215,15 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
   const std::int64_t start_token = lm.is_encoder_decoder() ? *cfg.decoder_start_token_id : *cfg.bos_token_id;
   const bool beam = cfg.num_beams > 1;
   const std::int64_t expand = beam ? cfg.num_beams : cfg.num_return_sequences;
-  const std::int64_t rows = B * expand;
+  const std::int64_t rows = mul_sat(B, expand);
   const std::int64_t prompt_len = 1;
   const std::int64_t pad = cfg.pad_token_id.value_or(0);
 
-  auto state = lm.start(inputs_embeds, attention_mask, cfg.max_length - prompt_len);
+  // Resource limits, before anything is allocated.
+  check_generation_size(cfg, B, inputs_embeds.dim(1), V, limits);
+
+  auto state = lm.start(inputs_embeds, attention_mask,
+                        std::min<std::int64_t>(cfg.max_length - prompt_len, kInitialCacheTokens));
   if (expand > 1) {
     std::vector<std::int64_t> idx;
     for (std::int64_t b = 0; b < B; ++b)
@@ -224,7 +290,8 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
     for (std::int64_t k = 1; k < K; ++k) beam_scores[std::size_t(b * K + k)] = -1e9f;
   std::vector<std::int64_t> last(std::size_t(rows), start_token);
   const std::int64_t n_eos = std::int64_t(cfg.eos_token_id.size());
-  const std::int64_t n_cand = std::max<std::int64_t>(2, 1 + n_eos) * K;
+  // transformers keeps max(2, 1 + #eos) * num_beams candidates; never more than there are.
+  const std::int64_t n_cand = std::min<std::int64_t>(mul_sat(std::max<std::int64_t>(2, 1 + n_eos), K), K * V);
 
   for (;;) {
     if (aborted()) {
@@ -347,3 +414,15 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
 }
 
 }  // namespace instructblip::generation
+
+void instructblip::GenerationLimits::validate() const {
+  const std::pair<const char*, std::int64_t> all[] = {
+      {"max_prompt_tokens", max_prompt_tokens}, {"max_length", max_length},
+      {"max_num_beams", max_num_beams},         {"max_num_return_sequences", max_num_return_sequences},
+      {"max_rows", max_rows},                   {"max_total_positions", max_total_positions},
+      {"max_output_scores_bytes", max_output_scores_bytes}};
+  for (const auto& kv : all)
+    if (kv.second < 1)
+      throw InvalidArgument(std::string("GenerationLimits::") + kv.first + " must be positive, got " +
+                            std::to_string(kv.second));
+}

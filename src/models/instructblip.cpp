@@ -4,6 +4,9 @@
 
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <regex>
+#include <set>
 
 #include "instructblip/models/llama.hpp"
 #include "instructblip/models/t5.hpp"
@@ -99,6 +102,53 @@ class TracingLM final : public models::LanguageModel {
   mutable bool first_done_ = false;
 };
 
+std::string over_limit(const std::string& what, std::int64_t value, const char* limit_name, std::int64_t limit) {
+  return what + " (" + std::to_string(value) + ") exceeds the limit of " + std::to_string(limit) +
+         " (GenerationLimits::" + limit_name + ")";
+}
+
+// Every id of `ids` in [0, vocab); otherwise InvalidArgument naming the input and the vocabulary.
+void check_ids(const Tensor& ids, std::int64_t vocab, const char* what, const char* vocab_name) {
+  const std::int64_t* p = ids.data<std::int64_t>();
+  for (std::int64_t i = 0; i < ids.numel(); ++i)
+    if (p[i] < 0 || p[i] >= vocab)
+      throw InvalidArgument(std::string(what) + " holds token id " + std::to_string(p[i]) + ", outside [0, " +
+                            std::to_string(vocab) + ") (" + vocab_name + ")");
+}
+
+std::string quoted_list(const std::vector<std::string>& names, std::size_t max_shown) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size() && i < max_shown; ++i) out += (i ? ", '" : "'") + names[i] + "'";
+  if (names.size() > max_shown) out += ", ... (" + std::to_string(names.size() - max_shown) + " more)";
+  return out;
+}
+
+// `alias` must hold exactly the weight `target` holds (same shape, same values).
+void check_alias(const io::Checkpoint& ck, const std::string& alias, const std::string& target) {
+  const Tensor a = ck.get(alias);
+  if (!ck.contains(target))
+    throw TensorError("tensor '" + alias + "' in " + ck.file_of(alias) + " is an alias of '" + target +
+                      "', which the checkpoint lacks");
+  const Tensor t = ck.get(target);
+  if (a.dtype() == DType::I64 || a.dtype() == DType::U8)
+    throw TensorError("tensor '" + alias + "' in " + ck.file_of(alias) + " has integer dtype " +
+                      dtype_name(a.dtype()) + ", expected a floating-point weight (an alias of '" + target + "')");
+  if (a.shape() != t.shape())
+    throw TensorError("tensor '" + alias + "' in " + ck.file_of(alias) + " has shape " + shape_str(a.shape()) +
+                      ", but it is an alias of '" + target + "' of shape " + shape_str(t.shape()));
+  bool same;
+  if (a.dtype() == t.dtype()) {
+    same = std::memcmp(a.raw(), t.raw(), a.nbytes()) == 0;
+  } else {
+    const Tensor fa = a.to(DType::F32), ft = t.to(DType::F32);
+    same = std::memcmp(fa.raw(), ft.raw(), fa.nbytes()) == 0;
+  }
+  if (!same)
+    throw TensorError("tensor '" + alias + "' in " + ck.file_of(alias) + " differs from '" + target +
+                      "', which it aliases (transformers ties the two; a checkpoint holding different values is "
+                      "ambiguous)");
+}
+
 }  // namespace
 
 struct InstructBlipForConditionalGeneration::Impl {
@@ -109,22 +159,100 @@ struct InstructBlipForConditionalGeneration::Impl {
   std::unique_ptr<models::QFormer> qformer;
   std::unique_ptr<models::QueryProjector> projector;
   std::unique_ptr<models::LanguageModel> lm;
+  GenerationLimits limits;
 
   struct Prompt {
     Tensor embeds, mask;
   };
+
+  /// num_query_tokens + T text tokens within limits.max_prompt_tokens.
+  void check_prompt_length(std::int64_t T) const {
+    const std::int64_t prompt = config.num_query_tokens + T;
+    if (prompt > limits.max_prompt_tokens)
+      throw InvalidArgument(over_limit("the language-model prompt: num_query_tokens " +
+                                           std::to_string(config.num_query_tokens) + " + " + std::to_string(T) +
+                                           " input_ids",
+                                       prompt, "max_prompt_tokens", limits.max_prompt_tokens));
+  }
+
+  /// Every checkpoint tensor is bound by a part, or is a known alias / dropped buffer.
+  void check_all_tensors_bound(const std::string& dir) const {
+    std::set<std::string> bound;
+    for (const auto& s : models::VisionModel::tensor_specs(config.vision_config, "vision_model.")) bound.insert(s.first);
+    for (const auto& s : models::QFormer::tensor_specs(config.qformer_config, "qformer.")) bound.insert(s.first);
+    for (const auto& s : models::QueryProjector::tensor_specs(config, "")) bound.insert(s.first);
+    const std::vector<std::string>& lm_names =
+        config.is_t5() ? static_cast<const models::T5Model&>(*lm).bound_tensor_names()
+                       : static_cast<const models::LlamaModel&>(*lm).bound_tensor_names();
+    bound.insert(lm_names.begin(), lm_names.end());
+
+    std::map<std::string, std::string> aliases;  // alias -> the weight it is tied to
+    if (config.is_t5()) {
+      aliases["language_model.encoder.embed_tokens.weight"] = "language_model.shared.weight";
+      aliases["language_model.decoder.embed_tokens.weight"] = "language_model.shared.weight";
+      if (config.t5().tie_word_embeddings) aliases["language_model.lm_head.weight"] = "language_model.shared.weight";
+    } else if (config.llama().tie_word_embeddings) {
+      aliases["language_model.lm_head.weight"] = "language_model.model.embed_tokens.weight";
+    }
+    // Non-persistent buffers of transformers 4.36 that older exports saved; transformers drops them.
+    static const std::regex llama_buffer(
+        R"(language_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.(inv_freq|cos_cached|sin_cached))");
+
+    std::vector<std::string> unbound;
+    for (const std::string& name : checkpoint.names()) {
+      if (bound.count(name)) continue;
+      auto alias = aliases.find(name);
+      if (alias != aliases.end()) {
+        check_alias(checkpoint, name, alias->second);
+        continue;
+      }
+      if (name == "qformer.embeddings.position_ids") continue;
+      if (config.is_llama() && std::regex_match(name, llama_buffer)) continue;
+      unbound.push_back(name);
+    }
+    if (!unbound.empty())
+      throw TensorError(dir + ": " + std::to_string(unbound.size()) + " tensor" + (unbound.size() > 1 ? "s" : "") +
+                        " in the checkpoint " + (unbound.size() > 1 ? "are" : "is") +
+                        " not used by the model config.json describes: " + quoted_list(unbound, 8) +
+                        " (weights of another architecture or size, or a config.json that does not belong to them)");
+  }
 
   // image -> queries -> projection -> cat with the prompt's embeddings
   Prompt prepare(const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
                  const Tensor& input_ids_in, const Tensor& attention_mask_in, bool hidden,
                  models::VisionOutput* vision_out, models::QFormerOutput* qformer_out, Tensor* lmi_out,
                  StageTimings* timings) const {
-    if (pixel_values.ndim() != 4)
-      throw InvalidArgument("pixel_values must be [B, 3, H, W], got " + shape_str(pixel_values.shape()));
+    if (!pixel_values.defined() || pixel_values.ndim() != 4)
+      throw InvalidArgument("pixel_values must be [B, 3, H, W], got " +
+                            (pixel_values.defined() ? shape_str(pixel_values.shape()) : std::string("undefined")));
     const std::int64_t B = pixel_values.dim(0);
-    if (qformer_input_ids.defined() && (qformer_input_ids.ndim() != 2 || qformer_input_ids.dim(0) != B))
-      throw InvalidArgument("qformer_input_ids must be [B, T] with B = " + std::to_string(B) + ", got " +
-                            shape_str(qformer_input_ids.shape()));
+    if (B > limits.max_rows)
+      throw InvalidArgument(over_limit("the image batch", B, "max_rows", limits.max_rows));
+    // Everything about the text is checked before the (expensive) vision encoder runs.
+    if (qformer_input_ids.defined()) {
+      if (qformer_input_ids.dtype() != DType::I64 || qformer_input_ids.ndim() != 2 || qformer_input_ids.dim(0) != B)
+        throw InvalidArgument("qformer_input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
+                              dtype_name(qformer_input_ids.dtype()) + " " + shape_str(qformer_input_ids.shape()));
+      const std::int64_t max_pos = config.qformer_config.max_position_embeddings;
+      if (qformer_input_ids.dim(1) > max_pos)
+        throw InvalidArgument("qformer_input_ids has " + std::to_string(qformer_input_ids.dim(1)) +
+                              " tokens, more than the Q-Former accepts (qformer_config.max_position_embeddings = " +
+                              std::to_string(max_pos) +
+                              "); shorten the instruction or encode it with ProcessorOptions::truncation");
+      check_ids(qformer_input_ids, config.qformer_config.vocab_size, "qformer_input_ids", "qformer_config.vocab_size");
+    }
+    Tensor input_ids = input_ids_in;
+    if (!input_ids.defined()) {
+      const auto bos = config.text_bos_token_id();
+      if (!bos) throw InvalidArgument("input_ids not given and the text config has no bos_token_id");
+      input_ids = Tensor::from_vector({B, 1}, std::vector<std::int64_t>(std::size_t(B), *bos));
+    }
+    if (input_ids.ndim() != 2 || input_ids.dim(0) != B || input_ids.dtype() != DType::I64)
+      throw InvalidArgument("input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
+                            shape_str(input_ids.shape()));
+    check_prompt_length(input_ids.dim(1));
+    check_ids(input_ids, lm->vocab_size(), "input_ids", "the language model's vocab_size");
+    Tensor mask = as_int64_mask(attention_mask_in, input_ids, "attention_mask");
     auto t = Clock::now();
     *vision_out = vision->forward(pixel_values, hidden);
     if (timings) timings->vision_ms += ms_since(t);
@@ -135,16 +263,6 @@ struct InstructBlipForConditionalGeneration::Impl {
     *qformer_out = qformer->forward(projector->query_tokens(), qformer_input_ids, qmask, vision_out->last_hidden_state,
                                     hidden);
     *lmi_out = projector->project(qformer_out->last_hidden_state);
-    Tensor input_ids = input_ids_in;
-    if (!input_ids.defined()) {
-      const auto bos = config.text_bos_token_id();
-      if (!bos) throw InvalidArgument("input_ids not given and the text config has no bos_token_id");
-      input_ids = Tensor::from_vector({B, 1}, std::vector<std::int64_t>(std::size_t(B), *bos));
-    }
-    if (input_ids.ndim() != 2 || input_ids.dim(0) != B || input_ids.dtype() != DType::I64)
-      throw InvalidArgument("input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
-                            shape_str(input_ids.shape()));
-    Tensor mask = as_int64_mask(attention_mask_in, input_ids, "attention_mask");
     Prompt p;
     concat_prompt(*lmi_out, lm->embed(input_ids), mask, &p.embeds, &p.mask);
     if (timings) timings->qformer_ms += ms_since(t);
@@ -163,6 +281,8 @@ InstructBlipForConditionalGeneration::~InstructBlipForConditionalGeneration() = 
 InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_pretrained(const std::string& dir,
                                                                                          const LoadOptions& options) {
   auto impl = std::make_unique<Impl>();
+  options.limits.validate();
+  impl->limits = options.limits;
   impl->config = InstructBlipConfig::from_json_file(dir + "/config.json");
   impl->generation_config = GenerationConfig::from_model_config(impl->config);
   const std::string gen_path = dir + "/generation_config.json";
@@ -179,6 +299,7 @@ InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_
     impl->lm = std::make_unique<models::T5Model>(impl->config.t5(), ck, "language_model.");
   else
     impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), ck, "language_model.");
+  impl->check_all_tensors_bound(dir);
   return InstructBlipForConditionalGeneration(std::move(impl));
 }
 
@@ -193,12 +314,19 @@ const models::QueryProjector& InstructBlipForConditionalGeneration::query_projec
   return *impl_->projector;
 }
 const models::LanguageModel& InstructBlipForConditionalGeneration::language_model() const { return *impl_->lm; }
+const GenerationLimits& InstructBlipForConditionalGeneration::limits() const { return impl_->limits; }
 
 InstructBlipForConditionalGeneration::ForwardOutput InstructBlipForConditionalGeneration::forward(
     const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
     const Tensor& input_ids, const Tensor& attention_mask, const Tensor& decoder_input_ids, const Tensor& labels,
     bool output_hidden_states) const {
   if (!input_ids.defined()) throw InvalidArgument("forward: input_ids are required");
+  for (const auto* t : {&decoder_input_ids, &labels}) {
+    if (t->defined() && t->ndim() == 2 && t->dim(1) > impl_->limits.max_prompt_tokens)
+      throw InvalidArgument(over_limit(std::string("forward: the ") +
+                                           (t == &labels ? "labels" : "decoder_input_ids") + " length",
+                                       t->dim(1), "max_prompt_tokens", impl_->limits.max_prompt_tokens));
+  }
   ForwardOutput out;
   auto p = impl_->prepare(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask,
                           output_hidden_states, &out.vision_outputs, &out.qformer_outputs, &out.language_model_inputs,
@@ -213,6 +341,18 @@ generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
     const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
     const Tensor& input_ids, const Tensor& attention_mask, const GenerationConfig& generation_config,
     const generation::GenerateHooks& hooks, GenerateTrace* trace) const {
+  // Settings and sizes are checked before the image is encoded (generation::generate checks them
+  // again, cheaply, on the final prompt).
+  {
+    const GenerationConfig resolved =
+        generation::resolve_generation_config(generation_config, impl_->lm->is_encoder_decoder(), impl_->limits);
+    if (pixel_values.defined() && pixel_values.ndim() >= 1) {
+      const std::int64_t T = input_ids.defined() && input_ids.ndim() == 2 ? input_ids.dim(1) : 1;
+      impl_->check_prompt_length(T);
+      generation::check_generation_size(resolved, pixel_values.dim(0), impl_->config.num_query_tokens + T,
+                                        impl_->lm->vocab_size(), impl_->limits);
+    }
+  }
   GenerateTrace local;
   GenerateTrace* tr = trace ? trace : &local;
   models::QFormerOutput qf;
@@ -220,7 +360,7 @@ generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
                           &tr->vision, &qf, &tr->language_model_inputs, &tr->timings);
   tr->qformer_last_hidden_state = qf.last_hidden_state;
   TracingLM lm(*impl_->lm, tr);
-  generation::GenerateOutput out = generation::generate(lm, p.embeds, p.mask, generation_config, hooks);
+  generation::GenerateOutput out = generation::generate(lm, p.embeds, p.mask, generation_config, hooks, impl_->limits);
   if (impl_->config.is_llama()) {
     const auto& arch = impl_->config.llama().architectures;
     if (!arch.empty() && arch.front() == "LLaMAForCausalLM")

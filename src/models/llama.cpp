@@ -212,6 +212,7 @@ struct LlamaModel::Impl {
   Dense lm_head;  // aliases embed when tied
   Tensor norm;    // [H] F32
   std::vector<Layer> layers;
+  std::vector<std::string> bound;  // names looked up at load, in order
 
   /// KV caches for `B` rows of capacity `cap` positions: per layer [B, cap, kvdim].
   struct Cache {
@@ -295,11 +296,13 @@ void LlamaModel::Impl::load(const Source& src, const std::string& prefix) {
                           dtype_name(opt.weight_dtype));
 
   auto f32 = [&](const std::string& name, const Shape& shape) {
+    bound.push_back(prefix + name);
     Tensor t = src.get(prefix + name, shape);
     check_float(t, prefix + name);
     return to_storage(t, DType::F32);
   };
   auto mat = [&](const std::string& name, const Shape& shape) {
+    bound.push_back(prefix + name);
     Tensor t = src.get(prefix + name, shape);
     check_float(t, prefix + name);
     return to_storage(t, opt.weight_dtype);
@@ -372,6 +375,7 @@ LlamaModel::~LlamaModel() = default;
 
 const LlamaConfig& LlamaModel::config() const { return impl_->cfg; }
 const LlamaOptions& LlamaModel::options() const { return impl_->opt; }
+const std::vector<std::string>& LlamaModel::bound_tensor_names() const { return impl_->bound; }
 std::int64_t LlamaModel::vocab_size() const { return impl_->V; }
 std::int64_t LlamaModel::hidden_size() const { return impl_->H; }
 
@@ -408,13 +412,11 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
       u(std::size_t(R * I));
   MatrixMap<float> hm(h, R, H);
 
-  // Additive masks [B][T, Lk] as HF builds them (shared by every layer).
-  std::vector<float> masks(std::size_t(B * T * Lk));
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t i = 0; i < T; ++i) {
-      float* m = masks.data() + (b * T + i) * Lk;
-      for (std::int64_t j = 0; j < Lk; ++j) m[j] = (j > past + i || !key_valid[b * cap + j]) ? kMaskMin : 0.0f;
-    }
+  // Attention runs per (row, chunk of queries): each task builds HF's additive mask for its chunk
+  // ([n, Lk]: finfo.min for future or padded keys), so memory stays O(chunk x Lk) for long prompts.
+  constexpr std::int64_t kQueryChunk = 256;
+  const std::int64_t chunk = std::min(T, kQueryChunk);
+  const std::int64_t nchunks = (T + chunk - 1) / chunk;
 
   ops::AttentionOptions<float> ao;
   ao.num_heads = int(nh);
@@ -442,14 +444,24 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
       std::memcpy(kc + (b * cap + past) * kvdim, k.data() + b * T * kvdim, std::size_t(T * kvdim) * sizeof(float));
       std::memcpy(vc + (b * cap + past) * kvdim, v.data() + b * T * kvdim, std::size_t(T * kvdim) * sizeof(float));
     }
-    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t b = b0; b < b1; ++b) {
+    parallel_for(0, B * nchunks, 1, [&](std::int64_t t0, std::int64_t t1) {
+      std::vector<float> mask;
+      for (std::int64_t t = t0; t < t1; ++t) {
+        const std::int64_t b = t / nchunks, i0 = (t % nchunks) * chunk, n = std::min(chunk, T - i0);
+        mask.resize(std::size_t(n * Lk));
+        const std::uint8_t* valid = key_valid + b * cap;
+        for (std::int64_t i = 0; i < n; ++i) {
+          float* m = mask.data() + i * Lk;
+          const std::int64_t last = past + i0 + i;  // the query's own position: keys after it are future
+          for (std::int64_t j = 0; j < Lk; ++j) m[j] = (j > last || !valid[j]) ? kMaskMin : 0.0f;
+        }
         ops::AttentionOptions<float> o = ao;
-        o.mask = masks.data() + b * T * Lk;
-        ops::attention<float>(ConstMatrixMap<float>(q.data() + b * T * nh * hd, T, nh * hd),
+        o.mask = mask.data();
+        const std::int64_t r0 = b * T + i0;  // first query row
+        ops::attention<float>(ConstMatrixMap<float>(q.data() + r0 * nh * hd, n, nh * hd),
                               ConstMatrixMap<float>(kc + b * cap * kvdim, Lk, kvdim),
                               ConstMatrixMap<float>(vc + b * cap * kvdim, Lk, kvdim), o,
-                              MatrixMap<float>(att.data() + b * T * nh * hd, T, nh * hd));
+                              MatrixMap<float>(att.data() + r0 * nh * hd, n, nh * hd));
       }
     });
     dense(L.o, att.data(), R, tmp.data());
@@ -569,7 +581,9 @@ std::unique_ptr<LMState> LlamaModel::start(const Tensor& inputs_embeds, const Te
   d.model = &m;
   d.B = B;
   d.L = L;
-  d.max_new = std::max<std::int64_t>(0, max_new_tokens);
+  // A capacity hint only (the caches grow past it), so a huge value does not allocate up front.
+  constexpr std::int64_t kMaxInitialCapacity = 1024;
+  d.max_new = std::clamp<std::int64_t>(max_new_tokens, 0, kMaxInitialCapacity);
   d.prompt.assign(inputs_embeds.data<float>(), inputs_embeds.data<float>() + B * L * m.H);
   d.prompt_mask.assign(std::size_t(B * L), 1);
   if (attention_mask.defined()) {

@@ -70,10 +70,28 @@ Tensor T5State::encoder_attention_mask() const {
 
 T5Model::T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix)
     : config_(config) {
-  bind([&](const std::string& name, const Shape& shape) { return checkpoint.get_f32(prefix + name, shape); });
+  bind([&](const std::string& name, const Shape& shape) {
+    bound_.push_back(prefix + name);
+    return checkpoint.get_f32(prefix + name, shape);
+  });
 }
 
-T5Model::T5Model(const T5Config& config, const WeightFn& weights) : config_(config) { bind(weights); }
+T5Model::T5Model(const T5Config& config, const WeightFn& weights) : config_(config) {
+  bind([&](const std::string& name, const Shape& shape) {
+    bound_.push_back(name);
+    return weights(name, shape);
+  });
+}
+
+std::vector<std::pair<std::string, Shape>> T5Model::tensor_specs(const T5Config& config, const std::string& prefix) {
+  std::vector<std::pair<std::string, Shape>> specs;
+  // Binding only stores the returned tensors, so undefined placeholders record the list.
+  T5Model probe(config, [&](const std::string& name, const Shape& shape) {
+    specs.emplace_back(prefix + name, shape);
+    return Tensor();
+  });
+  return specs;
+}
 
 void T5Model::bind(const WeightFn& weights) {
   config_.validate("T5Config");
@@ -176,9 +194,11 @@ std::int64_t T5Model::relative_position_bucket(std::int64_t relative_position, b
   return bucket + large;
 }
 
-std::vector<float> T5Model::position_bias(const Stack& stack, bool bidirectional, std::int64_t query_offset,
-                                          std::int64_t Lq, std::int64_t Lk) const {
-  const std::int64_t H = config_.num_heads, nb = config_.relative_attention_num_buckets;
+void T5Model::biased_self_attention(const Stack& stack, bool bidirectional, bool causal, std::int64_t query_offset,
+                                    std::int64_t B, std::int64_t Lq, std::int64_t Lk, const MatrixF& q,
+                                    const KeyRows& keys, const KeyRows& values, const float* key_masks,
+                                    MatrixF& out) const {
+  const std::int64_t H = config_.num_heads, Dk = config_.d_kv, nb = config_.relative_attention_num_buckets;
   const float* table = stack.relative_attention_bias.data<float>();  // [nb, H]
   // relative position j - (query_offset + i) ranges over [min_rel, Lk - 1 - query_offset]
   const std::int64_t min_rel = -(query_offset + Lq - 1);
@@ -189,13 +209,35 @@ std::vector<float> T5Model::position_bias(const Stack& stack, bool bidirectional
     if (b < 0 || b >= nb) throw InvalidArgument("T5: relative position bucket out of range");
     bucket_of[std::size_t(r - min_rel)] = b;
   }
-  std::vector<float> pb(std::size_t(H * Lq * Lk));
-  for (std::int64_t i = 0; i < Lq; ++i)
-    for (std::int64_t j = 0; j < Lk; ++j) {
-      const float* row = table + bucket_of[std::size_t(j - query_offset - i - min_rel)] * H;
-      for (std::int64_t h = 0; h < H; ++h) pb[std::size_t((h * Lq + i) * Lk + j)] = row[h];
+  // One task per (row, chunk of queries, head); each builds the [n, Lk] bias of its head.
+  constexpr std::int64_t kQueryChunk = 256;
+  const std::int64_t chunk = std::min(Lq, kQueryChunk);
+  const std::int64_t nchunks = (Lq + chunk - 1) / chunk;
+  parallel_for(0, B * nchunks * H, 1, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> pb;
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t h = t % H, c = (t / H) % nchunks, b = t / (H * nchunks);
+      const std::int64_t i0 = c * chunk, n = std::min(chunk, Lq - i0);
+      pb.resize(std::size_t(n * Lk));
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t off = -(query_offset + i0 + i) - min_rel;  // bucket_of[j + off]: key j
+        float* row = pb.data() + i * Lk;
+        for (std::int64_t j = 0; j < Lk; ++j) row[j] = table[bucket_of[std::size_t(j + off)] * H + h];
+      }
+      ops::AttentionOptions<float> opt;
+      opt.num_heads = 1;
+      opt.head_dim = int(Dk);
+      opt.scale = 1.0f;  // T5 does not scale the scores
+      opt.causal = causal;
+      opt.query_offset = query_offset + i0;
+      opt.key_mask = key_masks ? key_masks + b * Lk : nullptr;
+      opt.position_bias = pb.data();
+      const ops::In<float> K = keys(b), V = values(b);
+      auto ob = out.block(b * Lq + i0, h * Dk, n, Dk);
+      ops::attention<float>(q.block(b * Lq + i0, h * Dk, n, Dk), K.middleCols(h * Dk, Dk), V.middleCols(h * Dk, Dk),
+                            opt, ob);
     }
-  return pb;
+  });
 }
 
 void T5Model::rms_norm(const MatrixF& x, const Tensor& weight, MatrixF& y) const {
@@ -253,28 +295,17 @@ void T5Model::check_prompt(const Tensor& inputs_embeds, const Tensor& attention_
 void T5Model::run_encoder(MatrixF& x, std::int64_t B, std::int64_t L, const std::vector<float>& key_masks,
                           std::vector<MatrixF>* hidden) const {
   const std::int64_t D = config_.d_model, I = config_.inner_dim();
-  const int H = int(config_.num_heads), Dk = int(config_.d_kv);
-  std::vector<float> pb;
-  if (!encoder_.blocks.empty()) pb = position_bias(encoder_, /*bidirectional=*/true, 0, L, L);
   MatrixF n(B * L, D), q(B * L, I), k(B * L, I), v(B * L, I), a(B * L, I), o(B * L, D);
+  const KeyRows keys = [&](std::int64_t b) { return ops::In<float>(k.middleRows(b * L, L)); };
+  const KeyRows values = [&](std::int64_t b) { return ops::In<float>(v.middleRows(b * L, L)); };
   for (const Block& blk : encoder_.blocks) {
     if (hidden) hidden->push_back(x);
     rms_norm(x, blk.self_norm, n);
     ops::linear<float>(n, W(blk.self_attn.q), nullptr, q);
     ops::linear<float>(n, W(blk.self_attn.k), nullptr, k);
     ops::linear<float>(n, W(blk.self_attn.v), nullptr, v);
-    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t b = b0; b < b1; ++b) {
-        ops::AttentionOptions<float> opt;
-        opt.num_heads = H;
-        opt.head_dim = Dk;
-        opt.scale = 1.0f;  // T5 does not scale the scores
-        opt.key_mask = key_masks.data() + b * L;
-        opt.position_bias = pb.data();
-        auto ab = a.middleRows(b * L, L);
-        ops::attention<float>(q.middleRows(b * L, L), k.middleRows(b * L, L), v.middleRows(b * L, L), opt, ab);
-      }
-    });
+    biased_self_attention(encoder_, /*bidirectional=*/true, /*causal=*/false, 0, B, L, L, q, keys, values,
+                          key_masks.data(), a);
     ops::linear<float>(a, W(blk.self_attn.o), nullptr, o);
     x += o;
     feed_forward(blk.ff, blk.ff_norm, x);
@@ -336,8 +367,6 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
     }
     st.capacity_ = cap;
   }
-  std::vector<float> pb;
-  if (!decoder_.blocks.empty()) pb = position_bias(decoder_, /*bidirectional=*/false, P, T, Lk);
   MatrixF n(B * T, D), q(B * T, I), k(B * T, I), v(B * T, I), a(B * T, I), o(B * T, D);
   for (std::size_t l = 0; l < decoder_.blocks.size(); ++l) {
     const Block& blk = decoder_.blocks[l];
@@ -352,20 +381,10 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
       c.k[l].middleRows(P, T) = k.middleRows(b * T, T);
       c.v[l].middleRows(P, T) = v.middleRows(b * T, T);
     }
-    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t b = b0; b < b1; ++b) {
-        const CacheRow& c = st.cache_[std::size_t(b)];
-        ops::AttentionOptions<float> opt;
-        opt.num_heads = H;
-        opt.head_dim = Dk;
-        opt.scale = 1.0f;
-        opt.causal = true;
-        opt.query_offset = P;
-        opt.position_bias = pb.data();
-        auto ab = a.middleRows(b * T, T);
-        ops::attention<float>(q.middleRows(b * T, T), c.k[l].topRows(Lk), c.v[l].topRows(Lk), opt, ab);
-      }
-    });
+    biased_self_attention(
+        decoder_, /*bidirectional=*/false, /*causal=*/true, P, B, T, Lk, q,
+        [&](std::int64_t b) { return ops::In<float>(st.cache_[std::size_t(b)].k[l].topRows(Lk)); },
+        [&](std::int64_t b) { return ops::In<float>(st.cache_[std::size_t(b)].v[l].topRows(Lk)); }, nullptr, a);
     ops::linear<float>(a, W(blk.self_attn.o), nullptr, o);
     x += o;
     // cross-attention to the encoder output (no position bias; padding mask only)
@@ -501,7 +520,11 @@ std::unique_ptr<LMState> T5Model::start(const Tensor& inputs_embeds, const Tenso
   std::vector<float> key_masks = additive_mask(attention_mask);
   MatrixF enc = inputs_embeds.matrix<float>(B * L, D);
   run_encoder(enc, B, L, key_masks, nullptr);
-  return make_state(enc, B, L, std::move(key_masks), attention_mask, std::max<std::int64_t>(max_new_tokens, 1));
+  // max_new_tokens is only a hint: the self-attention caches grow when more tokens come, so a huge
+  // hint does not allocate up front.
+  constexpr std::int64_t kMaxInitialCapacity = 1024;
+  return make_state(enc, B, L, std::move(key_masks), attention_mask,
+                    std::clamp<std::int64_t>(max_new_tokens, 1, kMaxInitialCapacity));
 }
 
 Tensor T5Model::step(LMState& state, const std::vector<std::int64_t>& tokens) const {

@@ -1,6 +1,35 @@
 #include "instructblip/processing/processor.hpp"
 
+#include <sys/stat.h>
+
+#include <algorithm>
+
 namespace instructblip {
+
+namespace {
+
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Number of ids the tokenizer can produce: len(tokenizer), and at least 1 + the highest id.
+std::int64_t id_space(const Tokenizer& t) {
+  std::int64_t n = std::max(t.size(), t.vocab_size());
+  if (!t.added_tokens_decoder().empty()) n = std::max(n, t.added_tokens_decoder().rbegin()->first + 1);
+  return n;
+}
+
+void check_fits(const Tokenizer& t, const std::string& which, std::int64_t vocab, const std::string& key,
+                const std::string& source) {
+  const std::int64_t n = id_space(t);
+  if (n > vocab)
+    throw ConfigError(source + ": " + key + " is " + std::to_string(vocab) + ", but the " + which + " (" +
+                      t.class_name() + ", len(tokenizer) = " + std::to_string(t.size()) + ") produces ids up to " +
+                      std::to_string(n - 1) + ": the tokenizer does not match the model's vocabulary");
+}
+
+}  // namespace
 
 InstructBlipProcessor::InstructBlipProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
                                              std::unique_ptr<Tokenizer> qformer_tokenizer)
@@ -11,8 +40,18 @@ InstructBlipProcessor::InstructBlipProcessor(ImageProcessor image_processor, std
 }
 
 InstructBlipProcessor InstructBlipProcessor::from_pretrained(const std::string& dir) {
-  return InstructBlipProcessor(ImageProcessor::from_pretrained(dir), Tokenizer::from_pretrained(dir),
-                               Tokenizer::from_pretrained(dir + "/qformer_tokenizer"));
+  InstructBlipProcessor p(ImageProcessor::from_pretrained(dir), Tokenizer::from_pretrained(dir),
+                          Tokenizer::from_pretrained(dir + "/qformer_tokenizer"));
+  const std::string config_path = dir + "/config.json";
+  if (file_exists(config_path)) p.check_vocabulary(InstructBlipConfig::from_json_file(config_path), config_path);
+  return p;
+}
+
+void InstructBlipProcessor::check_vocabulary(const InstructBlipConfig& config, const std::string& source) const {
+  check_fits(*tokenizer_, "language-model tokenizer", config.text_vocab_size(),
+             config.is_t5() ? "text_config.vocab_size (t5)" : "text_config.vocab_size (llama)", source);
+  check_fits(*qformer_tokenizer_, "Q-Former tokenizer in qformer_tokenizer/", config.qformer_config.vocab_size,
+             "qformer_config.vocab_size", source);
 }
 
 ProcessorOutput InstructBlipProcessor::operator()(const std::vector<Image>& images,

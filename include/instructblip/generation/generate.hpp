@@ -14,6 +14,7 @@
 
 #include "instructblip/config.hpp"
 #include "instructblip/core/tensor.hpp"
+#include "instructblip/limits.hpp"
 #include "instructblip/models/language_model.hpp"
 
 namespace instructblip::generation {
@@ -42,11 +43,31 @@ struct GenerateOutput {
 
 /// The settings as generate() will use them: validated, `max_length` derived from
 /// `max_new_tokens`, `pad_token_id` defaulted to the first EOS id when unset (as transformers
-/// does with a warning). Throws InvalidArgument on unusable settings.
-GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_encoder_decoder);
+/// does with a warning). Throws InvalidArgument on unusable settings, and on max_length /
+/// max_new_tokens / num_beams / num_return_sequences beyond `limits` (naming the setting and the
+/// limit).
+GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_encoder_decoder,
+                                           const GenerationLimits& limits = {});
+
+/// The size checks generate() makes before running the model, for `batch` prompts of
+/// `prompt_length` positions with settings already resolved by resolve_generation_config():
+/// rows (batch x beams, or batch x num_return_sequences) <= limits.max_rows, prompt_length <=
+/// limits.max_prompt_tokens, rows x (prompt_length + max_length) <= limits.max_total_positions and,
+/// with output_scores, rows x (max_length - 1) x vocab x 4 <= limits.max_output_scores_bytes.
+/// Throws InvalidArgument naming the quantity and the limit.
+void check_generation_size(const GenerationConfig& resolved, std::int64_t batch, std::int64_t prompt_length,
+                           std::int64_t vocab_size, const GenerationLimits& limits = {});
 
 /// Generates from a prompt given as embeddings (inputs_embeds [B, L, H], attention_mask [B, L]).
+/// Besides resolve_generation_config's checks, InvalidArgument when the prompt length L exceeds
+/// limits.max_prompt_tokens, the rows (B x beams or B x num_return_sequences) exceed
+/// limits.max_rows, rows x (L + max_length) exceeds limits.max_total_positions, or output_scores
+/// could exceed limits.max_output_scores_bytes — all checked before the model is run.
+///
+/// Thread safety: generate() keeps all its state (sequences, RNG, the model's LMState) local to the
+/// call, so several threads may call it at once on one (immutable) LanguageModel.
 GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_embeds, const Tensor& attention_mask,
-                        const GenerationConfig& cfg, const GenerateHooks& hooks = {});
+                        const GenerationConfig& cfg, const GenerateHooks& hooks = {},
+                        const GenerationLimits& limits = {});
 
 }  // namespace instructblip::generation

@@ -9,6 +9,7 @@
 #include "instructblip/config.hpp"
 #include "instructblip/generation/generate.hpp"
 #include "instructblip/io/checkpoint.hpp"
+#include "instructblip/limits.hpp"
 #include "instructblip/models/language_model.hpp"
 #include "instructblip/models/qformer.hpp"
 #include "instructblip/models/vision.hpp"
@@ -37,6 +38,8 @@ struct GenerateTrace {
 struct LoadOptions {
   /// Called once per mapped weight file (path, bytes, index, count).
   io::Checkpoint::ProgressFn progress;
+  /// Bounds on what forward() / generate() accept (see instructblip/limits.hpp).
+  GenerationLimits limits;
 };
 
 class InstructBlipForConditionalGeneration {
@@ -45,6 +48,20 @@ class InstructBlipForConditionalGeneration {
   /// model.safetensors or a sharded index. The weights stay memory-mapped (float32 checkpoints are
   /// used in place; bf16 / f16 ones are widened to float32 at load, as transformers loads them
   /// with torch_dtype=float32).
+  ///
+  /// The checkpoint must match the config exactly (no silent partial load):
+  ///  * an invalid or self-inconsistent config.json -> ConfigError naming the key;
+  ///  * a missing tensor, one of the wrong shape, or an integer (I64 / U8) tensor where a float
+  ///    weight is expected -> TensorError naming the tensor and the file;
+  ///  * tensors no part of the model binds -> TensorError naming them. Accepted without being
+  ///    bound: the aliases transformers ties to another weight (T5 `language_model.encoder.
+  ///    embed_tokens.weight` / `language_model.decoder.embed_tokens.weight` -> `language_model.
+  ///    shared.weight`; `language_model.lm_head.weight` of a tied language model -> its input
+  ///    embeddings), which must hold exactly the weight they alias (else TensorError), and the
+  ///    non-persistent buffers older exports contain and transformers drops on load
+  ///    (`qformer.embeddings.position_ids`, LLaMA `...self_attn.rotary_emb.{inv_freq,cos_cached,
+  ///    sin_cached}`).
+  /// Whether the tokenizers fit the vocabularies is checked by InstructBlipProcessor::from_pretrained.
   static InstructBlipForConditionalGeneration from_pretrained(const std::string& dir, const LoadOptions& options = {});
 
   InstructBlipForConditionalGeneration(InstructBlipForConditionalGeneration&&) noexcept;
@@ -61,6 +78,8 @@ class InstructBlipForConditionalGeneration {
   const models::QFormer& qformer() const;
   const models::QueryProjector& query_projector() const;
   const models::LanguageModel& language_model() const;
+  /// The limits forward() / generate() enforce (LoadOptions::limits).
+  const GenerationLimits& limits() const;
 
   struct ForwardOutput {
     Tensor logits;                 // [B, T, vocab] (LLaMA with labels: the last labels.size(1) positions)
@@ -74,6 +93,13 @@ class InstructBlipForConditionalGeneration {
   /// transformers' forward(): pixel_values [B,3,H,W] f32, qformer_input_ids [B,Tq] i64,
   /// qformer_attention_mask [B,Tq] (undefined: ones), input_ids [B,T] i64, attention_mask [B,T]
   /// (undefined: ones), T5 decoder_input_ids / labels (int64, -100 ignored) as transformers takes them.
+  /// InvalidArgument, before any computation, for: Tq > qformer_config.max_position_embeddings
+  /// (use ProcessorOptions::truncation), ids outside the Q-Former / language-model vocabularies,
+  /// num_query_tokens + T > limits().max_prompt_tokens, a decoder length over max_prompt_tokens, or
+  /// B > limits().max_rows.
+  ///
+  /// Thread safety: forward() and generate() are const and keep every intermediate local to the
+  /// call; one loaded model may serve any number of threads at once.
   ForwardOutput forward(const Tensor& pixel_values, const Tensor& qformer_input_ids,
                         const Tensor& qformer_attention_mask, const Tensor& input_ids, const Tensor& attention_mask,
                         const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
@@ -83,6 +109,8 @@ class InstructBlipForConditionalGeneration {
   /// embeddings (input_ids undefined: [[bos_token_id]] per image), then the language model
   /// generates with `generation_config`. For checkpoints whose text architectures[0] is spelled
   /// "LLaMAForCausalLM", ids 0 in the output become 2, as transformers does.
+  /// Inputs are checked as for forward(); the settings and sizes against limits() as
+  /// generation::generate() does (max_length, num_beams, rows, positions, ...).
   generation::GenerateOutput generate(const Tensor& pixel_values, const Tensor& qformer_input_ids,
                                       const Tensor& qformer_attention_mask, const Tensor& input_ids,
                                       const Tensor& attention_mask, const GenerationConfig& generation_config,

@@ -54,7 +54,9 @@ class LanguageModel {
 
   /// Starts incremental decoding for a prompt (inputs_embeds [B, L, H], attention_mask [B, L]).
   /// T5 runs its encoder here; LLaMA keeps the prompt for the first step. `max_new_tokens` is a
-  /// capacity hint for the caches.
+  /// capacity hint for the caches (the models cap it at 1024 and grow the caches as needed).
+  /// The returned state belongs to this call: states are never shared between calls, so
+  /// concurrent calls on one model each use their own.
   virtual std::unique_ptr<LMState> start(const Tensor& inputs_embeds, const Tensor& attention_mask,
                                          std::int64_t max_new_tokens) const = 0;
 

@@ -58,6 +58,9 @@ class LlamaModel : public LanguageModel {
 
   const LlamaConfig& config() const;
   const LlamaOptions& options() const;
+  /// The checkpoint / weight-map names the constructor looked up (with the prefix), in binding
+  /// order. A tied model does not bind lm_head.weight.
+  const std::vector<std::string>& bound_tensor_names() const;
   /// Bytes of the weight matrices one decode step streams (every layer's projections plus lm_head).
   std::size_t decode_weight_bytes() const;
 
@@ -81,8 +84,9 @@ class LlamaModel : public LanguageModel {
                    bool output_hidden_states = false) const override;
 
   /// Copies the prompt (inputs_embeds [B, L, H], attention_mask [B, L] int64 0/1, undefined = all
-  /// ones) into a new LlamaState; the caches are sized for L + max_new_tokens positions and grow
-  /// if more steps are taken.
+  /// ones) into a new LlamaState; the caches are sized for L + min(max_new_tokens, 1024) positions
+  /// and grow (doubling) if more steps are taken. Attention runs per row and chunk of 256 queries,
+  /// so the prefill's masks and scores take O(256 x L) memory per task, not O(B x L x L).
   std::unique_ptr<LMState> start(const Tensor& inputs_embeds, const Tensor& attention_mask,
                                  std::int64_t max_new_tokens) const override;
 

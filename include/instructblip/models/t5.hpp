@@ -6,7 +6,9 @@
 //  * unscaled attention (no 1/sqrt(d_kv)); d_kv * num_heads may differ from d_model;
 //  * relative position bias computed by the first block of each stack (only block 0 stores
 //    `relative_attention_bias`) and reused by every block of that stack: bidirectional buckets in
-//    the encoder, causal buckets in the decoder;
+//    the encoder, causal buckets in the decoder. It is materialised per (row, head, chunk of 256
+//    queries) inside the attention tasks, never as a whole [heads, L, L] tensor, so long prompts
+//    cost O(256 x L) extra memory per task;
 //  * padding masks as HF extends them: additive (1 - mask) * finfo(float32).min, so masked keys
 //    get exactly zero weight (a row with every key masked attends uniformly, as in HF);
 //  * FFN wo(act(wi_0 x) * wi_1 x) (gated) or wo(act(wi x)), act = dense_act_fn;
@@ -23,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "instructblip/config.hpp"
@@ -30,6 +33,7 @@
 #include "instructblip/io/checkpoint.hpp"
 #include "instructblip/models/language_model.hpp"
 #include "instructblip/ops/activations.hpp"
+#include "instructblip/ops/linear.hpp"
 
 namespace instructblip::models {
 
@@ -92,6 +96,15 @@ class T5Model final : public LanguageModel {
 
   const T5Config& config() const { return config_; }
 
+  /// The names the constructor looked up, in binding order (with the checkpoint prefix for the
+  /// checkpoint constructor; as passed to the WeightFn otherwise). Tied models do not bind
+  /// lm_head.weight; encoder/decoder embed_tokens are never bound (they alias shared.weight).
+  const std::vector<std::string>& bound_tensor_names() const { return bound_; }
+  /// The HF name (with `prefix`) and shape of every tensor the constructor binds for `config`, in
+  /// binding order (ConfigError for an invalid config).
+  static std::vector<std::pair<std::string, Shape>> tensor_specs(const T5Config& config,
+                                                                 const std::string& prefix = "language_model.");
+
   // ---- LanguageModel --------------------------------------------------------------------------
   std::int64_t vocab_size() const override { return config_.vocab_size; }
   std::int64_t hidden_size() const override { return config_.d_model; }
@@ -109,7 +122,8 @@ class T5Model final : public LanguageModel {
                    const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
                    bool output_hidden_states = false) const override;
 
-  /// Runs the encoder and the cross-attention K/V projections; the returned state is a T5State.
+  /// Runs the encoder and the cross-attention K/V projections; the returned state is a T5State
+  /// whose self-attention caches hold min(max_new_tokens, 1024) positions and grow as needed.
   std::unique_ptr<LMState> start(const Tensor& inputs_embeds, const Tensor& attention_mask,
                                  std::int64_t max_new_tokens) const override;
   /// Feeds one token per row to the decoder (the first call: decoder_start_id()).
@@ -167,9 +181,14 @@ class T5Model final : public LanguageModel {
   void bind_stack(const WeightFn& weights, const std::string& name, std::int64_t layers, bool decoder,
                   Stack& stack);
 
-  /// [H, Lq, Lk] bias for query positions offset .. offset+Lq-1 against keys 0 .. Lk-1.
-  std::vector<float> position_bias(const Stack& stack, bool bidirectional, std::int64_t query_offset,
-                                   std::int64_t Lq, std::int64_t Lk) const;
+  using KeyRows = std::function<ops::In<float>(std::int64_t row)>;
+  /// Self-attention with the stack's relative position bias for B rows of Lq queries (positions
+  /// query_offset ..) against Lk keys (keys(b) / values(b): [Lk, inner_dim]); q and out are
+  /// [B * Lq, inner_dim]. key_masks: additive [B, Lk] or null. The bias is built per task for one
+  /// head and a chunk of queries, so memory stays O(chunk x Lk) whatever the prompt length.
+  void biased_self_attention(const Stack& stack, bool bidirectional, bool causal, std::int64_t query_offset,
+                             std::int64_t B, std::int64_t Lq, std::int64_t Lk, const MatrixF& q, const KeyRows& keys,
+                             const KeyRows& values, const float* key_masks, MatrixF& out) const;
   void feed_forward(const FeedForward& ff, const Tensor& norm, MatrixF& x) const;
   void rms_norm(const MatrixF& x, const Tensor& weight, MatrixF& y) const;
 
@@ -188,6 +207,7 @@ class T5Model final : public LanguageModel {
   void check_prompt(const Tensor& inputs_embeds, const Tensor& attention_mask, const char* what) const;
 
   T5Config config_;
+  std::vector<std::string> bound_;
   ops::Activation act_ = ops::Activation::Relu;
   Tensor shared_;   // [vocab, d_model]
   Tensor lm_head_;  // [vocab, d_model] (aliases shared_ when tied)

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "instructblip/config.hpp"
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/processing/image.hpp"
 #include "instructblip/processing/image_processor.hpp"
@@ -29,8 +30,16 @@ struct ProcessorOptions {
   /// side. Default on, so that a batch of different prompts is always rectangular; it changes
   /// nothing for a single prompt.
   bool padding = true;
-  /// Truncate to max_length (or each tokenizer's model_max_length), special tokens counted.
+  /// Truncate to max_length (or each tokenizer's model_max_length), special tokens counted, on
+  /// each tokenizer's truncation side. Off by default, as in transformers. Without it a long
+  /// prompt is encoded whole, and the model rejects it with InvalidArgument when its Q-Former
+  /// encoding exceeds qformer_config.max_position_embeddings (512 in the released checkpoints)
+  /// or the language-model prompt exceeds GenerationLimits::max_prompt_tokens. With it, the
+  /// Q-Former prompt is cut to the Q-Former tokenizer's model_max_length (512 for
+  /// bert-base-uncased), which fits the Q-Former's position embeddings.
   bool truncation = false;
+  /// Truncation length for both tokenizers (setting it enables truncation, as transformers'
+  /// max_length with truncation=None does).
   std::optional<std::int64_t> max_length;
   bool add_special_tokens = true;
 };
@@ -41,7 +50,15 @@ class InstructBlipProcessor {
                         std::unique_ptr<Tokenizer> qformer_tokenizer);
   /// Reads `dir`/preprocessor_config.json, the tokenizer in `dir` and the one in
   /// `dir`/qformer_tokenizer (as transformers' InstructBlipProcessor.from_pretrained).
+  /// When `dir`/config.json exists (a full model checkpoint), the tokenizers are also checked
+  /// against it with check_vocabulary() — a ConfigError names the tokenizer and both sizes.
   static InstructBlipProcessor from_pretrained(const std::string& dir);
+
+  /// Throws ConfigError when a tokenizer can produce ids the model has no embedding for: the
+  /// language-model tokenizer's id space (len(tokenizer), and the highest added-token id + 1)
+  /// larger than the text config's vocab_size, or the Q-Former tokenizer's larger than
+  /// qformer_config.vocab_size. `source` names the config in the message.
+  void check_vocabulary(const InstructBlipConfig& config, const std::string& source = "config.json") const;
 
   /// One prompt per image; a single prompt with several images applies to every image.
   /// Either list may be empty (then the corresponding outputs stay undefined).
