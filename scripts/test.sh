@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Builds and runs the whole test suite through CTest: the Release build in build/, then the
-# unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/.
+# Builds and runs the whole test suite through CTest, in three configurations:
+#  1. build/       Release: every unit, reference, CLI and package test.
+#  2. build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer: the same tests (but the full-size
+#                  ViT-g shape test) plus a short libFuzzer run of every parser harness
+#                  (tests/fuzz, label "fuzz"); built with clang when its fuzzer runtime is present,
+#                  else with g++ and without the fuzzers.
+#  3. build-tsan/  ThreadSanitizer: one model serving generate() from several threads, the pool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="$(nproc)"
@@ -9,8 +14,21 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DINSTRUCTBLIP_SANITIZE=ON \
-      -DINSTRUCTBLIP_BUILD_BENCHMARKS=OFF -DINSTRUCTBLIP_BUILD_EXAMPLES=OFF
+san_flags=(-DCMAKE_BUILD_TYPE=Sanitize -DCMAKE_CXX_FLAGS_SANITIZE="-O1 -g1" -DCMAKE_C_FLAGS_SANITIZE="-O1 -g1"
+           -DINSTRUCTBLIP_SANITIZE=ON -DINSTRUCTBLIP_BUILD_BENCHMARKS=OFF -DINSTRUCTBLIP_BUILD_EXAMPLES=OFF)
+if command -v clang++ >/dev/null 2>&1; then
+  CC=clang CXX=clang++ cmake -S . -B build-asan "${san_flags[@]}" -DINSTRUCTBLIP_FUZZ=ON
+else
+  echo "clang not found: the sanitizer configuration is built with g++, without the fuzz harnesses"
+  cmake -S . -B build-asan "${san_flags[@]}"
+fi
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+  ctest --test-dir build-asan --output-on-failure -j"$jobs" -E 'RealSizeShapes'
+
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Tsan -DCMAKE_CXX_FLAGS_TSAN="-O1 -g1 -fsanitize=thread" \
+      -DCMAKE_C_FLAGS_TSAN="-O1 -g1 -fsanitize=thread" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
+      -DINSTRUCTBLIP_BUILD_BENCHMARKS=OFF -DINSTRUCTBLIP_BUILD_EXAMPLES=OFF
+cmake --build build-tsan -j"$jobs" --target test_concurrency
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  ctest --test-dir build-tsan --output-on-failure -j"$jobs" -R '^(Concurrency|ThreadPool)\.'

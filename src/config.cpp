@@ -43,15 +43,34 @@ std::string quoted(const std::string& s) { return "\"" + s + "\""; }
   throw ConfigError(source + ": " + prefix + key + ": " + msg);
 }
 
+// Deepest nesting of arrays / objects accepted in a config (real ones nest 3 levels). nlohmann's
+// parser is iterative, but copying, comparing and dump()ing a value recurse once per level: a
+// config.json of "[[[[...]]]]" a few hundred thousand levels deep overflowed the stack.
+constexpr std::size_t kMaxJsonDepth = 64;
+
+// True if `j` nests arrays / objects more than `limit` levels deep (checked without recursion).
+bool nested_deeper_than(const json& j, std::size_t limit) {
+  std::vector<std::pair<const json*, std::size_t>> todo{{&j, 0}};
+  while (!todo.empty()) {
+    const auto [v, depth] = todo.back();
+    todo.pop_back();
+    if (!v->is_structured()) continue;
+    if (depth >= limit) return true;
+    for (const json& e : *v) todo.emplace_back(&e, depth + 1);
+  }
+  return false;
+}
+
 // Typed access to the keys of one JSON object; every error names "<source>: <prefix><key>".
 class Reader {
  public:
   Reader(const json& j, const std::string& source, const std::string& prefix)
       : j_(j), source_(source), prefix_(prefix) {
-    if (!j.is_object()) {
-      const std::string what = prefix.empty() ? std::string("top level") : strip_dot(prefix);
-      throw ConfigError(source + ": " + what + ": expected an object, got " + type_name(j));
-    }
+    const std::string what = prefix.empty() ? std::string("top level") : strip_dot(prefix);
+    if (!j.is_object()) throw ConfigError(source + ": " + what + ": expected an object, got " + type_name(j));
+    if (nested_deeper_than(j, kMaxJsonDepth))
+      throw ConfigError(source + ": " + what + ": nested more than " + std::to_string(kMaxJsonDepth) +
+                        " levels deep");
   }
 
   [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
@@ -186,13 +205,25 @@ json ids_to_json(const std::vector<std::int64_t>& ids) {
 }
 json strings_to_json(const std::vector<std::string>& v) { return json(v); }
 
+// Every size and count a config validates is at most 2^31 - 1, so that the product of any two
+// (num_patches(), inner_dim(), a weight's element count) fits in int64.
+constexpr std::int64_t kMaxSize = std::numeric_limits<std::int32_t>::max();
+
+void require_at_most_max(const std::string& source, const std::string& prefix, const char* key,
+                         std::int64_t v) {
+  if (v > kMaxSize)
+    fail_key(source, prefix, key,
+             "must be at most " + std::to_string(kMaxSize) + ", got " + std::to_string(v));
+}
 void require_positive(const std::string& source, const std::string& prefix, const char* key,
                       std::int64_t v) {
   if (v <= 0) fail_key(source, prefix, key, "must be positive, got " + std::to_string(v));
+  require_at_most_max(source, prefix, key, v);
 }
 void require_non_negative(const std::string& source, const std::string& prefix, const char* key,
                           std::int64_t v) {
   if (v < 0) fail_key(source, prefix, key, "must not be negative, got " + std::to_string(v));
+  require_at_most_max(source, prefix, key, v);
 }
 // `divisor_key` must divide `dividend_key` (both already known to be positive).
 void require_divides(const std::string& source, const std::string& prefix, const char* divisor_key,

@@ -2,6 +2,7 @@
 // round-trips and error reporting.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -807,4 +808,62 @@ TEST(ConfigErrors, UnknownKeysIgnored) {
   j["text_config"]["task_specific_params"] = {{"summarization", {{"num_beams", 4}}}};
   const auto cfg = ib::InstructBlipConfig::from_json(j, "config.json");
   EXPECT_EQ(cfg, ib::InstructBlipConfig::from_json_file(t5_config_path()));
+}
+
+// ------------------------------------------------------------------------------------------
+// Inputs found with the libFuzzer harness tests/fuzz/fuzz_config.cpp
+
+TEST(ConfigFuzzRegressions, SizesWhoseProductsOverflowAreRejected) {
+  // vision_config.image_size = INT64_MAX with patch_size 1 was accepted, and num_patches()
+  // ((image_size / patch_size)^2) then overflowed int64 (undefined behaviour, caught by UBSan);
+  // likewise text_config.inner_dim() = num_heads * d_kv. Sizes are now bounded by 2^31 - 1.
+  json j = read_json(t5_config_path());
+  j["vision_config"]["image_size"] = std::int64_t(9223372036854775807);
+  j["vision_config"]["patch_size"] = 1;
+  expect_config_file_error("huge_image_size.json", j, {"vision_config.image_size", "at most 2147483647"});
+
+  j = read_json(t5_config_path());
+  j["text_config"]["num_heads"] = std::int64_t(1) << 62;
+  j["text_config"]["d_kv"] = 4;
+  expect_config_file_error("huge_heads.json", j, {"text_config.num_heads", "at most"});
+
+  j = read_json(llama_config_path());
+  j["text_config"]["num_hidden_layers"] = std::int64_t(1) << 40;
+  expect_config_file_error("huge_layers.json", j, {"text_config.num_hidden_layers", "at most"});
+
+  expect_error<ib::ConfigError>(
+      [] { ib::QFormerConfig::from_json(json{{"vocab_size", std::int64_t(1) << 31}}, "qformer"); },
+      {"vocab_size", "at most"});
+
+  // The largest accepted values still give overflow-free derived sizes.
+  j = read_json(t5_config_path());
+  j["vision_config"]["image_size"] = 2147483647;
+  j["vision_config"]["patch_size"] = 1;
+  j["text_config"]["num_heads"] = 2147483647;
+  j["text_config"]["d_kv"] = 2147483647;
+  const auto c = ib::InstructBlipConfig::from_json(j, "config.json");
+  EXPECT_EQ(c.vision_config.num_patches(), std::int64_t(2147483647) * 2147483647);
+  EXPECT_EQ(c.t5().inner_dim(), std::int64_t(2147483647) * 2147483647);
+}
+
+TEST(ConfigFuzzRegressions, DeeplyNestedJsonRejectedWithoutRecursion) {
+  // A value nested a few hundred thousand levels deep ("[[[[...]]]]") overflowed the stack: the
+  // rope_scaling error message dump()ed it, and text_config's generation attributes were copied
+  // before being type-checked (both recurse once per level in nlohmann::json).
+  const std::size_t depth = 300000;
+  const std::string deep = std::string(depth, '[') + std::string(depth, ']');
+  const std::string llama = R"({"text_config": {"model_type": "llama", "rope_scaling": )" + deep + "}}";
+  const std::string t5 = R"({"text_config": {"model_type": "t5", "max_length": )" + deep + "}}";
+  expect_error<ib::ConfigError>([&] { ib::InstructBlipConfig::from_json_file(write_file("deep_llama.json", llama)); },
+                                {"deep_llama.json", "nested more than 64 levels"});
+  expect_error<ib::ConfigError>([&] { ib::InstructBlipConfig::from_json_file(write_file("deep_t5.json", t5)); },
+                                {"deep_t5.json", "nested more than 64 levels"});
+  expect_error<ib::ConfigError>(
+      [&] { ib::GenerationConfig::from_json(json::parse(R"({"max_length": )" + deep + "}"), "generation_config.json"); },
+      {"generation_config.json", "nested"});
+  expect_error<ib::ConfigError>([&] { ib::GenerationConfig{}.merged_with(json::parse(R"({"x": )" + deep + "}")); },
+                                {"nested"});
+  // Ordinary nesting is fine.
+  const std::string shallow = std::string(8, '[') + std::string(8, ']');
+  EXPECT_NO_THROW(ib::GenerationConfig::from_json(json::parse(R"({"_unused": )" + shallow + "}"), "g"));
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -767,4 +768,81 @@ TEST(ImageFormats, BmpAndTga) {
   std::vector<std::uint8_t> tga = {0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 24, 0x20};
   tga.insert(tga.end(), {30, 20, 10, 60, 50, 40});
   EXPECT_EQ(ib::decode_image(tga).rgb, (std::vector<std::uint8_t>{10, 20, 30, 40, 50, 60}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs found by the libFuzzer harness tests/fuzz/fuzz_image.cpp (each decoded from a buffer of
+// exactly its size, so that reading past the end is caught under AddressSanitizer).
+
+TEST(ImageFuzzRegressions, PngChunkWithoutRoomForItsChecksum) {
+  // IHDR, then a chunk header claiming 0 (or 2) body bytes with fewer than 4 bytes left for the
+  // CRC: the size check computed n - pos - 12, which wrapped around, and the CRC was read past
+  // the end of the buffer.
+  std::vector<std::uint8_t> ihdr;
+  put_be32(ihdr, 1);
+  put_be32(ihdr, 1);
+  ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});
+  for (const std::vector<std::uint8_t>& tail :
+       {std::vector<std::uint8_t>{0, 0, 0, 0, 't', 'E', 'X', 't'},
+        std::vector<std::uint8_t>{0, 0, 0, 2, 't', 'E', 'X', 't', 'a', 'b'},
+        std::vector<std::uint8_t>{0, 0, 0, 0, 't', 'E', 'X', 't', 0xAA, 0xBB, 0xCC}}) {
+    std::vector<std::uint8_t> v = {137, 80, 78, 71, 13, 10, 26, 10};
+    png_chunk(v, "IHDR", ihdr);
+    v.insert(v.end(), tail.begin(), tail.end());
+    const std::unique_ptr<std::uint8_t[]> exact(new std::uint8_t[v.size()]);
+    std::copy(v.begin(), v.end(), exact.get());
+    EXPECT_THROW(ib::decode_image(exact.get(), v.size()), ib::FormatError);
+  }
+}
+
+TEST(ImageFuzzRegressions, TopDownTrueColourBmp) {
+  // 24- and 32-bit BMPs with a negative height (rows stored top to bottom) were refused as
+  // "empty size Wx0": stbi_info reports the raw negative height. Pillow reads them.
+  auto le32 = [](std::vector<std::uint8_t>& v, std::uint32_t x) {
+    for (int i = 0; i < 4; ++i) v.push_back(std::uint8_t(x >> (8 * i)));
+  };
+  auto le16 = [](std::vector<std::uint8_t>& v, std::uint32_t x) {
+    v.push_back(std::uint8_t(x));
+    v.push_back(std::uint8_t(x >> 8));
+  };
+  for (const int bits : {24, 32}) {
+    const int stride = 8;  // 2 pixels: 6 bytes padded to 4-byte rows, or 2 x 4 bytes
+    std::vector<std::uint8_t> bmp = {'B', 'M'};
+    le32(bmp, std::uint32_t(54 + 2 * stride));
+    le32(bmp, 0);
+    le32(bmp, 54);
+    le32(bmp, 40);
+    le32(bmp, 2);
+    le32(bmp, std::uint32_t(-2));  // height -2: top-down
+    le16(bmp, 1);
+    le16(bmp, std::uint32_t(bits));
+    for (int i = 0; i < 6; ++i) le32(bmp, 0);
+    // top row: (B,G,R) = (1,2,3) (4,5,6); bottom row: (7,8,9) (10,11,12)
+    if (bits == 24) {
+      bmp.insert(bmp.end(), {1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12, 0, 0});
+    } else {
+      bmp.insert(bmp.end(), {1, 2, 3, 0, 4, 5, 6, 0, 7, 8, 9, 0, 10, 11, 12, 0});
+    }
+    const ib::Image img = ib::decode_image(bmp);
+    EXPECT_EQ(img.width, 2) << bits;
+    EXPECT_EQ(img.height, 2) << bits;
+    EXPECT_EQ(img.rgb, (std::vector<std::uint8_t>{3, 2, 1, 6, 5, 4, 9, 8, 7, 12, 11, 10})) << bits;
+  }
+}
+
+// Found with tests/fuzz/fuzz_image_processor_config.cpp: {"size": 32768} (each side within the
+// per-side limit) was accepted, and preprocess then allocated 3 x 32768 x 32768 floats (12.9 GB)
+// per image. The output is now bounded to 4096 x 4096 pixels.
+TEST(ImageFuzzRegressions, PreprocessorOutputSizeBounded) {
+  for (const json& size : {json(32768), json{{"height", 32768}, {"width", 513}}, json{{"height", 4097}, {"width", 4096}}}) {
+    EXPECT_THROW(ib::ImageProcessor::from_json(json{{"size", size}}), ib::ConfigError) << size.dump();
+  }
+  ib::ImageProcessorConfig cfg;
+  cfg.height = 32768;
+  cfg.width = 32768;
+  EXPECT_THROW(ib::ImageProcessor{cfg}, ib::InvalidArgument);
+  const ib::ImageProcessor largest = ib::ImageProcessor::from_json(json{{"size", {{"height", 4096}, {"width", 4096}}}});
+  EXPECT_EQ(largest.height() * largest.width(), 4096 * 4096);
+  const ib::ImageProcessor strip = ib::ImageProcessor::from_json(json{{"size", {{"height", 32768}, {"width", 512}}}});
+  EXPECT_EQ(strip.height(), 32768);
 }

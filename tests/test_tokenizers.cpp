@@ -557,3 +557,55 @@ TEST(Tokenizers, AddTokensAndLen) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Inputs found with the libFuzzer harnesses tests/fuzz/fuzz_tokenizer_config.cpp and
+// tests/fuzz/fuzz_tokenizers.cpp.
+
+namespace {
+
+/// A scratch tokenizer directory holding t5-tiny's spiece.model and the given tokenizer_config.json.
+std::string t5_dir_with_config(const std::string& name, const std::string& tokenizer_config) {
+  const fs::path dir = fs::path(IB_TEST_TMP_DIR) / "tokenizer_fuzz" / name;
+  fs::create_directories(dir);
+  fs::copy_file(kData + "/t5-tiny/model/spiece.model", dir / "spiece.model", fs::copy_options::overwrite_existing);
+  std::ofstream(dir / "tokenizer_config.json", std::ios::binary | std::ios::trunc) << tokenizer_config;
+  return dir.string();
+}
+
+}  // namespace
+
+TEST(TokenizerFuzzRegressions, HugeExtraIdsRejected) {
+  // {"extra_ids": 1000000} (23 bytes) was accepted and made T5Tokenizer build a million added
+  // tokens: over a minute and hundreds of MB per tokenizer. extra_ids is now capped.
+  const std::string dir = t5_dir_with_config("huge_extra_ids", R"({"extra_ids": 1000000})");
+  try {
+    ib::T5Tokenizer::from_pretrained(dir);
+    ADD_FAILURE() << "extra_ids 1000000 accepted";
+  } catch (const ib::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("extra_ids"), std::string::npos) << e.what();
+  }
+  ib::TokenizerConfig cfg = ib::T5Tokenizer::default_config();
+  cfg.extra_ids = ib::kMaxT5ExtraIds + 1;
+  EXPECT_THROW(ib::T5Tokenizer(kData + "/t5-tiny/model/spiece.model", cfg), ib::ConfigError);
+  // The cap itself is accepted: <extra_id_i> has id len(sp_model) - 1 + extra_ids - i.
+  const auto t5 = ib::T5Tokenizer::from_pretrained(
+      t5_dir_with_config("max_extra_ids", "{\"extra_ids\": " + std::to_string(ib::kMaxT5ExtraIds) + "}"));
+  EXPECT_EQ(t5->extra_ids(), ib::kMaxT5ExtraIds);
+  EXPECT_EQ(t5->convert_token_to_id("<extra_id_0>"), t5->vocab_size() - 1 + ib::kMaxT5ExtraIds);
+  EXPECT_EQ(t5->convert_token_to_id("<extra_id_9999>"), t5->vocab_size());
+}
+
+TEST(TokenizerFuzzRegressions, DeeplyNestedJsonRejected) {
+  // A tokenizer_config.json value nested a few hundred thousand levels deep overflowed the stack
+  // when the error message dump()ed it (nlohmann::json recurses once per level).
+  const std::size_t depth = 300000;
+  const std::string deep = std::string(depth, '[') + std::string(depth, ']');
+  const std::string dir = t5_dir_with_config("deep", R"({"padding_side": )" + deep + "}");
+  try {
+    ib::T5Tokenizer::from_pretrained(dir);
+    ADD_FAILURE() << "deeply nested tokenizer_config.json accepted";
+  } catch (const ib::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("levels deep"), std::string::npos) << e.what();
+  }
+}

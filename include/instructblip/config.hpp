@@ -23,6 +23,11 @@
 //    `to_json` writes null / a plain integer / an array accordingly (a one-element list is written
 //    back as a plain integer, which HF treats identically).
 //  * Integer-valued fields reject JSON floats (48.0); float-valued fields accept JSON integers.
+//  * validate() bounds every size and count (hidden sizes, layers, heads, vocab_size, image_size,
+//    num_query_tokens, ...) to at most 2^31 - 1 (ConfigError beyond), so that derived values such
+//    as num_patches() or inner_dim() and weight element counts cannot overflow int64.
+//  * A JSON value nesting arrays / objects more than 64 levels deep is rejected (ConfigError)
+//    before anything is read from it (copying or printing it would recurse once per level).
 #include <cstdint>
 #include <optional>
 #include <string>

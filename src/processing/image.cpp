@@ -449,8 +449,10 @@ Image decode_png(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& o
     const std::string cid(reinterpret_cast<const char*>(type), 4);
     const bool is_idat = cid == "IDAT";
     if (len > 0x7fffffffu) fail(name, "broken PNG file (chunk length too large)");
-    // IDAT checksums are never read (as in Pillow), so only an IDAT may lack its last 4 bytes
-    if (n - pos - 8 < len || (!is_idat && n - pos - 12 < len))
+    // IDAT checksums are never read (as in Pillow), so only an IDAT may lack its last 4 bytes.
+    // (n - pos >= 8 here; written without n - pos - 12, which wraps when fewer than 12 bytes remain.)
+    const std::size_t avail = n - pos - 8;
+    if (avail < len || (!is_idat && avail - len < 4))
       fail(name, "PNG image file is truncated (chunk " + cid + ")");
     const std::uint8_t* body = d + pos + 8;
     if (!is_chunk_id(type)) fail(name, "broken PNG file (bad chunk id)");
@@ -880,7 +882,10 @@ Image decode_with_stb(const std::uint8_t* d, std::size_t n, const ImageLoadOptio
     const char* why = stbi_failure_reason();
     fail(name, std::string("cannot read ") + format + " header (" + (why ? why : "unknown error") + ")");
   }
-  check_dimensions(std::uint64_t(std::max(w, 0)), std::uint64_t(std::max(h, 0)), opt, name, format);
+  // stbi_info reports a top-down BMP's height as the raw (negative) header field; stbi_load
+  // flips such images and returns the magnitude. Check the size the load will produce.
+  const std::uint64_t info_h = h < 0 ? std::uint64_t(-std::int64_t(h)) : std::uint64_t(h);
+  check_dimensions(std::uint64_t(std::max(w, 0)), info_h, opt, name, format);
   std::unique_ptr<std::uint8_t, StbFree> px(stbi_load_from_memory(d, int(n), &w, &h, &c, 3));
   if (!px) {
     const char* why = stbi_failure_reason();

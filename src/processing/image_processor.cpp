@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +30,9 @@ namespace {
 using json = nlohmann::json;
 
 constexpr int kMaxOutputSide = 1 << 15;
+// pixel_values holds 3 floats per output pixel and image: without a bound on the product, a
+// preprocessor_config.json of a few bytes ({"size": 32768}) asks for 12.9 GB per image.
+constexpr std::int64_t kMaxOutputPixels = std::int64_t(1) << 24;  // 4096 x 4096
 
 const char* type_name(const json& v) {
   switch (v.type()) {
@@ -146,6 +150,9 @@ ImageProcessorConfig ImageProcessorConfig::from_json(const json& j, const std::s
     } else {
       r.fail("size", std::string("expected {\"height\": int, \"width\": int} or an integer, got ") + type_name(*s));
     }
+    if (std::int64_t(c.height) * c.width > kMaxOutputPixels)
+      r.fail("size", std::to_string(c.height) + "x" + std::to_string(c.width) + " is more than " +
+                         std::to_string(kMaxOutputPixels) + " output pixels");
   }
   if (const json* v = r.find("resample"); v && !v->is_null()) {
     const long long code = r.integer("resample", *v);
@@ -173,7 +180,8 @@ ImageProcessorConfig ImageProcessorConfig::from_json(const json& j, const std::s
 }
 
 ImageProcessor::ImageProcessor(const ImageProcessorConfig& config) : config_(config) {
-  if (config_.height <= 0 || config_.width <= 0 || config_.height > kMaxOutputSide || config_.width > kMaxOutputSide)
+  if (config_.height <= 0 || config_.width <= 0 || config_.height > kMaxOutputSide || config_.width > kMaxOutputSide ||
+      std::int64_t(config_.height) * config_.width > kMaxOutputPixels)
     throw InvalidArgument("ImageProcessor: size " + std::to_string(config_.height) + "x" +
                           std::to_string(config_.width) + " out of range");
   const int r = static_cast<int>(config_.resample);

@@ -175,7 +175,9 @@ TokenizerConfig T5Tokenizer::default_config() {
 
 T5Tokenizer::T5Tokenizer(const std::string& model_file, const TokenizerConfig& config)
     : SentencePieceTokenizer(model_file, config, /*default_clean_up=*/true) {
-  if (config.extra_ids < 0) throw ConfigError("T5Tokenizer: extra_ids must be >= 0, got " + std::to_string(config.extra_ids));
+  if (config.extra_ids < 0 || config.extra_ids > kMaxT5ExtraIds)
+    throw ConfigError("T5Tokenizer: extra_ids must be between 0 and " + std::to_string(kMaxT5ExtraIds) + ", got " +
+                      std::to_string(config.extra_ids));
   extra_ids_ = config.extra_ids;
   std::vector<AddedToken> additional = config.additional_special_tokens;
   std::size_t n_extra = 0;

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +18,22 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+// Deepest nesting of arrays / objects accepted in a tokenizer file (real ones nest 3 levels).
+constexpr std::size_t kMaxJsonDepth = 64;
+
+// True if `j` nests arrays / objects more than `limit` levels deep (checked without recursion).
+bool nested_deeper_than(const json& j, std::size_t limit) {
+  std::vector<std::pair<const json*, std::size_t>> todo{{&j, 0}};
+  while (!todo.empty()) {
+    const auto [v, depth] = todo.back();
+    todo.pop_back();
+    if (!v->is_structured()) continue;
+    if (depth >= limit) return true;
+    for (const json& e : *v) todo.emplace_back(&e, depth + 1);
+  }
+  return false;
+}
 
 // nullopt when the file does not exist; IoError if it exists but cannot be read, FormatError if
 // it is not JSON, ConfigError if it is not a JSON object.
@@ -33,6 +51,11 @@ std::optional<json> read_json_object(const fs::path& path) {
     throw FormatError("cannot parse '" + path.string() + "' as JSON: " + e.what());
   }
   if (!j.is_object()) throw ConfigError("'" + path.string() + "' must hold a JSON object");
+  // The values are copied and dump()ed into error messages, both recursive in nlohmann::json: a
+  // file of "[[[[...]]]]" a few hundred thousand levels deep would overflow the stack.
+  if (nested_deeper_than(j, kMaxJsonDepth))
+    throw FormatError("'" + path.string() + "' nests arrays / objects more than " + std::to_string(kMaxJsonDepth) +
+                      " levels deep");
   return j;
 }
 
@@ -241,8 +264,9 @@ TokenizerConfig load_tokenizer_config(const std::string& dir, const std::string&
     } else if (key == "legacy" && cls != "BertTokenizer") {
       cfg.legacy = get_opt_bool(v, cfg_path, key);
     } else if (key == "extra_ids" && cls == "T5Tokenizer") {
-      if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > 1000000)
-        throw ConfigError(where(cfg_path, key) + " must be a non-negative integer, got " + v.dump());
+      if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > kMaxT5ExtraIds)
+        throw ConfigError(where(cfg_path, key) + " must be an integer between 0 and " +
+                          std::to_string(kMaxT5ExtraIds) + ", got " + v.dump());
       cfg.extra_ids = int(v.get<std::int64_t>());
     } else if (key == "add_bos_token" && cls == "LlamaTokenizer") {
       cfg.add_bos_token = get_bool(v, cfg_path, key);

@@ -37,7 +37,8 @@ struct ImageProcessorConfig {
   /// Parses a preprocessor_config.json object: defaults overwritten by the keys present, unknown
   /// keys ignored. ConfigError "<source>: <key>: <problem>" for a wrong type or a value
   /// BlipImageProcessor cannot use (size not {height, width} / int, resample not 0..5, a mean/std
-  /// list not of 3 numbers, std 0, image_processor_type other than BlipImageProcessor).
+  /// list not of 3 numbers, std 0, image_processor_type other than BlipImageProcessor), and for a
+  /// size this library refuses: a side above 32768 or more than 4096 x 4096 output pixels.
   /// JSON null means what it means in HF: default size / mean / std / resample (BICUBIC), and
   /// false for the do_* flags.
   static ImageProcessorConfig from_json(const nlohmann::json& j, const std::string& source = "preprocessor_config.json");
@@ -47,7 +48,8 @@ class ImageProcessor {
  public:
   /// BlipImageProcessor() with its defaults.
   ImageProcessor() : ImageProcessor(ImageProcessorConfig{}) {}
-  /// InvalidArgument for an unusable config (non-positive size, zero std, ...).
+  /// InvalidArgument for an unusable config (non-positive size or one beyond the limits of
+  /// ImageProcessorConfig::from_json, zero std, ...).
   explicit ImageProcessor(const ImageProcessorConfig& config);
 
   /// Reads `<dir>/preprocessor_config.json`. IoError if unreadable, ConfigError if malformed.

@@ -16,8 +16,9 @@
 //
 // Errors: InvalidArgument for text that is not valid UTF-8 (the message gives the byte offset) and
 // for ids outside the vocabulary; IoError for a missing directory / model / vocab file; FormatError
-// for a model, vocab or JSON file that cannot be parsed; ConfigError for a tokenizer_config.json /
-// special_tokens_map.json / added_tokens.json value of the wrong type or an unsupported setting.
+// for a model, vocab or JSON file that cannot be parsed (or nests arrays / objects more than 64
+// levels deep); ConfigError for a tokenizer_config.json / special_tokens_map.json /
+// added_tokens.json value of the wrong type or an unsupported setting.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -67,6 +68,11 @@ const char* special_token_attribute(SpecialToken role);  // "bos_token", ...
 /// model_max_length when the configuration gives none (transformers' VERY_LARGE_INTEGER).
 constexpr std::int64_t kUnboundedLength = std::numeric_limits<std::int64_t>::max();
 
+/// Most <extra_id_N> sentinels a T5Tokenizer accepts (checkpoints use 100): each becomes an added
+/// token, so a larger extra_ids would let a few bytes of tokenizer_config.json cost minutes and
+/// gigabytes. More is a ConfigError.
+constexpr int kMaxT5ExtraIds = 10000;
+
 /// The keyword arguments of the Python constructors (and of tokenizer_config.json). Start from
 /// T5Tokenizer::default_config() / LlamaTokenizer::default_config() / BertTokenizer::default_config(),
 /// which hold each class's default special tokens.
@@ -83,7 +89,7 @@ struct TokenizerConfig {
 
   // T5Tokenizer / LlamaTokenizer
   std::optional<bool> legacy;  // unset = true, as 4.36.2 does for legacy=None
-  int extra_ids = 100;         // T5 only
+  int extra_ids = 100;         // T5 only; 0 ..= kMaxT5ExtraIds
   bool add_bos_token = true;   // LLaMA only
   bool add_eos_token = false;  // LLaMA only
 

@@ -1,0 +1,160 @@
+#pragma once
+// Reduced-precision weight matrices (f32 / bf16 / q8_0 / q4_0) and the linear() kernels that
+// consume them. A WeightMatrix holds an [N, K] matrix in HuggingFace's [out_features, in_features]
+// layout; ops::linear(x, W, bias, y) computes y[M, N] = x[M, K] * W^T (+ bias) for any format.
+//
+// Storage in the default RowMajor layout (row n of the matrix is contiguous in every format):
+//   F32   float32 [N, K] row-major. Borrows an F32 Tensor (zero-copy).
+//   BF16  bfloat16 [N, K] row-major. Borrows a BF16 Tensor (zero-copy), or is rounded from
+//         float32 / float16 to nearest, ties to even.
+//   Q8_0  K is zero-padded to Kp = round_up(K, 64) (an even number of 32-weight blocks).
+//         qs:     int8 (two's complement) [N, Kp]    weight k of row n at qs[n * Kp + k]
+//         scales: IEEE f16 [N, Kp / 32]             block b of row n covers k in [32b, 32b + 32)
+//         w[n][k] = scales[n][k / 32] * qs[n][k]; scale = f16(max|w| / 127), q = round(w / scale)
+//         (computed with the f16-rounded scale, clamped to [-127, 127]). 34 bytes / 32 weights.
+//   Q4_0  K zero-padded to Kp = round_up(K, 64) as above; 4-bit codes c in [0, 15], w = d * (c - 8).
+//         qs:     uint8 [N, Kp / 2]. Each 64-weight pair of blocks (2p, 2p+1) is 32 bytes
+//                 qs[n][32p + j] = c[64p + j] | c[64p + 32 + j] << 4    (j = 0..31)
+//                 i.e. low nibbles hold block 2p in order, high nibbles block 2p + 1 (unpacks to
+//                 64 weights in order with one shift + mask; differs from ggml's q4_0 nibble order).
+//         scales: IEEE f16 [N, Kp / 32]; d = f16(m / -8) where m is the block's weight of largest
+//                 magnitude (so m maps exactly to code 0), c = clamp(round(w / d), -8, 7) + 8.
+//                 18 bytes / 32 weights.
+//
+// Serialisation (to_tensors / from_tensors; plain safetensors tensors, no metadata needed):
+//   F32 / BF16:  "<name>"             F32 / BF16 [N, K]  (the usual HF tensor)
+//   Q8_0:        "<name>.q8_0"        U8  [N, Kp]       qs bytes as above
+//                "<name>.q8_0_scale"  F16 [N, Kp / 32]
+//                "<name>.shape"       I64 [2]           {N, K} (the logical, unpadded shape)
+//   Q4_0:        "<name>.q4_0"        U8  [N, Kp / 2]
+//                "<name>.q4_0_scale"  F16 [N, Kp / 32]
+//                "<name>.shape"       I64 [2]
+//   from_tensors() borrows the tensors it is given (zero-copy from a memory-mapped file), so a
+//   quantised checkpoint loads without re-quantising.
+//
+// Layouts (F32 and BF16 only; Q8_0 / Q4_0 are always row-major):
+//   RowMajor  as above; borrows the source tensor where the dtype allows.
+//   Panels    prepacked for the GEMM kernels (built once at construction, same byte count plus
+//             padding): P = ceil(N / 32) panels of 32 weight rows (rows past N are zero).
+//             F32:  float [P][K][32]              panel p, element (k, c) = w[32p + c][k]
+//             BF16: bf16  [P][ceil(K / 2)][32][2] element (j, c, e)   = w[32p + c][2j + e]
+//             (k = K when K is odd is zero) - the pairwise-interleaved layout a 64-byte load
+//             widens to two f32 vectors (or feeds vdpbf16ps). Use it for weights that mostly
+//             see many rows (the vision encoder): no per-call packing. The streaming kernels
+//             read it too, so one copy serves every M.
+//
+// linear() numerics, by the number of activation rows M (threshold: gemv_max_rows(), default 8):
+//   F32,  any M:         float32 activations, weights and accumulation.
+//   BF16, any M:         float32 activations times the exact bf16 weights, f32 accumulation.
+//   Q8_0/Q4_0, M <= thr: activations quantised per 32-block to int8 (scale max|x| / 127, f32,
+//                        round to nearest even), exact integer block dot products, f32 sum of
+//                        scale_w * scale_x * dot.
+//   Q8_0/Q4_0, M > thr:  float32 activations times the exact dequantised weights (dequantised
+//                        per call, 32 rows x one K block at a time), f32 accumulation.
+//   With set_gemm_bf16_activations(true), BF16 / Q8_0 / Q4_0 at M > thr instead round the
+//   activations and the (dequantised) weights to bf16 and use vdpbf16ps (AVX512-BF16) - on CPUs
+//   where vdpbf16ps runs at the f32 FMA rate or faster; on Sapphire Rapids it runs at half of it,
+//   so the default (widen to f32, FMA) is both faster and more accurate there.
+// Every kernel computes each output element with the same operations whatever the thread count
+// (work is split by whole weight rows / 32-row panels), so 1 and N threads agree bit for bit.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "instructblip/core/tensor.hpp"
+#include "instructblip/ops/linear.hpp"
+
+namespace instructblip::ops {
+
+enum class WeightFormat : std::uint8_t { F32, BF16, Q8_0, Q4_0 };
+enum class WeightLayout : std::uint8_t { RowMajor, Panels };
+
+/// "f32", "bf16", "q8_0", "q4_0".
+const char* weight_format_name(WeightFormat f);
+/// Parses the names above (case-insensitive); false if unknown.
+bool parse_weight_format(const std::string& s, WeightFormat* out);
+
+/// Returns the tensor called `name`, or an undefined Tensor when there is none.
+using TensorLookup = std::function<Tensor(const std::string& name)>;
+
+class WeightMatrix {
+ public:
+  WeightMatrix() = default;
+  /// From a 2-d [N, K] F32 / BF16 / F16 tensor. F32 -> F32 and BF16 -> BF16 row-major share the
+  /// tensor's memory (zero-copy); every other combination converts / quantises / packs (in
+  /// parallel over rows). Throws TensorError for another rank or dtype, InvalidArgument for a
+  /// Panels layout of a Q format.
+  WeightMatrix(const Tensor& w, WeightFormat format, WeightLayout layout = WeightLayout::RowMajor);
+
+  bool defined() const { return defined_; }
+  WeightFormat format() const { return format_; }
+  WeightLayout layout() const { return layout_; }
+  std::int64_t rows() const { return n_; }          // N (out_features)
+  std::int64_t cols() const { return k_; }          // K (in_features)
+  /// Row length in elements as stored: K for F32 / BF16, round_up(K, 64) for Q8_0 / Q4_0.
+  std::int64_t padded_cols() const { return kp_; }
+  /// Bytes of weight storage (data + scales).
+  std::size_t bytes() const;
+  /// The matrix as a new float32 [N, K] tensor (exact: the values linear() multiplies by).
+  Tensor dequantize() const;
+
+  /// Tensors that store this matrix under `name` (see the naming convention above); they share
+  /// this matrix's memory, except for the Panels layout, which is written as the plain row-major
+  /// "<name>" tensor (load it back and construct with WeightLayout::Panels to re-pack).
+  std::vector<std::pair<std::string, Tensor>> to_tensors(const std::string& name) const;
+  /// Rebuilds a matrix saved by to_tensors() (zero-copy). F16 "<name>" is converted to F32.
+  /// Throws TensorError when the tensors are missing or their dtypes / shapes disagree.
+  static WeightMatrix from_tensors(const std::string& name, const TensorLookup& lookup);
+  static WeightMatrix from_tensors(const std::string& name,
+                                   const std::vector<std::pair<std::string, Tensor>>& tensors);
+
+  // Raw storage for kernels. data(): float (F32), uint16 bf16 bits (BF16), int8 (Q8_0),
+  // packed nibbles (Q4_0), in the layout() above. scales(): f16 bits [N, Kp / 32] (Q formats
+  // only, else null).
+  const void* data() const { return data_.raw(); }
+  const std::uint16_t* scales() const { return static_cast<const std::uint16_t*>(scales_.raw()); }
+  const Tensor& data_tensor() const { return data_; }
+  const Tensor& scales_tensor() const { return scales_; }
+
+ private:
+  Tensor data_, scales_;
+  std::int64_t n_ = 0, k_ = 0, kp_ = 0;
+  WeightFormat format_ = WeightFormat::F32;
+  WeightLayout layout_ = WeightLayout::RowMajor;
+  bool defined_ = false;
+};
+
+/// y[M, N] = x[M, K] * W[N, K]^T (+ bias[N]); `y` must not alias `x`. Rows of W (output columns)
+/// are split over the thread pool. Throws InvalidArgument on mismatched shapes.
+void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<float> y);
+/// Convenience overload returning a new matrix.
+MatrixF linear(const In<float>& x, const WeightMatrix& W, const float* bias = nullptr);
+
+/// Kernel selection. set_force_scalar(true) makes linear() use the portable paths only
+/// (plain C++ loops for M <= gemv_max_rows(); Eigen for larger M) - for tests and comparisons.
+void set_force_scalar(bool on);
+bool force_scalar();
+/// Test hook: turns off individual SIMD feature levels (bit-or of the flags below) even when the
+/// build and the CPU have them, e.g. kIsaAvx512Vnni to exercise the AVX-512BW integer kernels.
+enum : unsigned { kIsaAvx512 = 1u, kIsaAvx512Vnni = 2u, kIsaAvx512Bf16 = 4u };
+/// The kernel linear() would use for this matrix and M activation rows under the current
+/// settings, e.g. "avx512-fma-gemm(panels)" or "avx512vnni-dpbusd-q8_0" (for logs / benchmarks).
+std::string kernel_name(const WeightMatrix& W, std::int64_t M);
+void set_disabled_isa(unsigned mask);
+unsigned disabled_isa();
+/// M > gemv_max_rows() with BF16 / Q8_0 / Q4_0 weights: round activations and weights to bf16
+/// and use vdpbf16ps (true; needs AVX512-BF16, else emulated) instead of f32 FMA (false, default).
+void set_gemm_bf16_activations(bool on);
+bool gemm_bf16_activations();
+/// Largest M that uses the streaming (matrix-vector) kernels; larger M uses the GEMM kernels.
+void set_gemv_max_rows(int m);
+int gemv_max_rows();
+
+/// One line naming the instruction sets this build was compiled for, what the CPU supports and
+/// the kernel each format / regime dispatches to, e.g.
+/// "compiled: avx512f avx512bw avx512bf16 avx512vnni | cpu: ... | f32: gemv=avx512 gemm=eigen | ...".
+std::string cpu_features();
+
+}  // namespace instructblip::ops

@@ -1,0 +1,520 @@
+// WeightMatrix formats (f32 / bf16 / q8_0 / q4_0) and ops::linear on them.
+//
+// Each result is checked against a double-precision reference of what the kernel is defined to
+// compute (weights.hpp, "linear() numerics"): the dequantised weights times the activations as
+// the kernel sees them (f32; int8-quantised per 32-block for q8_0 / q4_0 at small M; with
+// set_gemm_bf16_activations(true) activations and weights rounded to bf16 at large M).
+// Per element: |y - ref| <= 2e-6 * (sum_k |w_k x_k| + |b|) (a float32 summation bound), reported
+// as the worst ratio reached. Quantisation error against the dequantised weights with f32
+// activations and against the original f32 weights is reported as the relative Frobenius error
+// and bounded (q8_0 < 1% / 1.5%, q4_0 < 1% / 15%, bf16 < 0.5%, bf16-activation GEMM < 1%).
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics (inlined through Eigen) trip a spurious -Wmaybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "instructblip/core/thread_pool.hpp"
+#include "instructblip/io/safetensors.hpp"
+#include "instructblip/ops/weights.hpp"
+
+using namespace instructblip;
+using ops::WeightFormat;
+using ops::WeightMatrix;
+
+namespace {
+
+constexpr double kSumTol = 2e-6;
+const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::BF16, WeightFormat::Q8_0, WeightFormat::Q4_0};
+struct Config {
+  WeightFormat f;
+  ops::WeightLayout l;
+};
+const Config kConfigs[] = {{WeightFormat::F32, ops::WeightLayout::RowMajor},  {WeightFormat::F32, ops::WeightLayout::Panels},
+                           {WeightFormat::BF16, ops::WeightLayout::RowMajor}, {WeightFormat::BF16, ops::WeightLayout::Panels},
+                           {WeightFormat::Q8_0, ops::WeightLayout::RowMajor}, {WeightFormat::Q4_0, ops::WeightLayout::RowMajor}};
+std::string cname(const Config& c) {
+  return std::string(ops::weight_format_name(c.f)) + (c.l == ops::WeightLayout::Panels ? "/panels" : "");
+}
+
+MatrixF random_matrix(Eigen::Index r, Eigen::Index c, unsigned seed, float scale = 1.f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> n(0.f, scale);
+  MatrixF m(r, c);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(g);
+  return m;
+}
+
+Tensor to_tensor(const MatrixF& m) {
+  Tensor t = Tensor::empty({m.rows(), m.cols()});
+  std::memcpy(t.data<float>(), m.data(), std::size_t(m.size()) * 4);
+  return t;
+}
+
+MatrixF to_matrix(const Tensor& t) {
+  MatrixF m(t.dim(0), t.dim(1));
+  std::memcpy(m.data(), t.data<float>(), std::size_t(m.size()) * 4);
+  return m;
+}
+
+float bf16_round(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// Activations as the kernel sees them (see weights.hpp).
+MatrixF effective_x(const MatrixF& x, WeightFormat f, bool large_m) {
+  MatrixF e = x;
+  if (f == WeightFormat::F32) return e;
+  if (large_m) {
+    if (ops::gemm_bf16_activations())
+      for (Eigen::Index i = 0; i < e.size(); ++i) e.data()[i] = bf16_round(e.data()[i]);
+    return e;
+  }
+  if (f == WeightFormat::BF16) return e;
+  for (Eigen::Index m = 0; m < x.rows(); ++m)
+    for (Eigen::Index b = 0; b * 32 < x.cols(); ++b) {
+      const Eigen::Index k0 = b * 32, k1 = std::min<Eigen::Index>(x.cols(), k0 + 32);
+      float amax = 0.f;
+      for (Eigen::Index k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x(m, k)));
+      const float id = amax > 0.f ? 127.f / amax : 0.f, d = amax / 127.f;
+      for (Eigen::Index k = k0; k < k1; ++k) e(m, k) = float(std::nearbyint(x(m, k) * id)) * d;
+    }
+  return e;
+}
+
+MatrixF effective_w(const WeightMatrix& W, bool large_m) {
+  MatrixF w = to_matrix(W.dequantize());
+  if (large_m && ops::gemm_bf16_activations() && W.format() != WeightFormat::F32)
+    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = bf16_round(w.data()[i]);
+  return w;
+}
+
+struct Ref {
+  Eigen::MatrixXd y, mag;  // reference and sum_k |w x| + |b|
+};
+
+Ref reference(const MatrixF& x, const MatrixF& w, const float* bias) {
+  Ref r{Eigen::MatrixXd(x.rows(), w.rows()), Eigen::MatrixXd(x.rows(), w.rows())};
+  for (Eigen::Index m = 0; m < x.rows(); ++m)
+    for (Eigen::Index n = 0; n < w.rows(); ++n) {
+      double s = bias ? bias[n] : 0.0, a = bias ? std::fabs(bias[n]) : 0.0;
+      for (Eigen::Index k = 0; k < x.cols(); ++k) {
+        s += double(x(m, k)) * double(w(n, k));
+        a += std::fabs(double(x(m, k)) * double(w(n, k)));
+      }
+      r.y(m, n) = s;
+      r.mag(m, n) = a;
+    }
+  return r;
+}
+
+// Worst |y - ref| / (kSumTol * mag); <= 1 passes.
+double worst_ratio(const MatrixF& y, const Ref& r) {
+  double worst = 0;
+  for (Eigen::Index m = 0; m < y.rows(); ++m)
+    for (Eigen::Index n = 0; n < y.cols(); ++n)
+      worst = std::max(worst, std::fabs(double(y(m, n)) - r.y(m, n)) / (kSumTol * r.mag(m, n) + 1e-30));
+  return worst;
+}
+
+double rel_frobenius(const MatrixF& y, const Eigen::MatrixXd& ref) {
+  return (y.cast<double>() - ref).norm() / std::max(ref.norm(), 1e-300);
+}
+
+bool is_large(Eigen::Index M) { return M > ops::gemv_max_rows(); }
+
+bool bit_equal(const MatrixF& a, const MatrixF& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), std::size_t(a.size()) * 4) == 0;
+}
+
+struct ScalarGuard {
+  explicit ScalarGuard(bool on) { ops::set_force_scalar(on); }
+  ~ScalarGuard() { ops::set_force_scalar(false); }
+};
+struct Bf16GemmGuard {
+  explicit Bf16GemmGuard(bool on) { ops::set_gemm_bf16_activations(on); }
+  ~Bf16GemmGuard() { ops::set_gemm_bf16_activations(false); }
+};
+struct ThreadGuard {
+  explicit ThreadGuard(int n) : old(num_threads()) { set_num_threads(n); }
+  ~ThreadGuard() { set_num_threads(old); }
+  int old;
+};
+
+}  // namespace
+
+TEST(Weights, CpuFeatures) {
+  const std::string s = ops::cpu_features();
+  std::printf("cpu_features: %s\n", s.c_str());
+  EXPECT_NE(s.find("compiled:"), std::string::npos);
+}
+
+TEST(Weights, FormatNames) {
+  for (WeightFormat f : kFormats) {
+    WeightFormat g;
+    ASSERT_TRUE(ops::parse_weight_format(ops::weight_format_name(f), &g));
+    EXPECT_EQ(f, g);
+  }
+  WeightFormat g;
+  EXPECT_TRUE(ops::parse_weight_format("BF16", &g));
+  EXPECT_EQ(g, WeightFormat::BF16);
+  EXPECT_FALSE(ops::parse_weight_format("q5_k", &g));
+}
+
+TEST(Weights, ZeroCopyAndBf16Rounding) {
+  MatrixF w = random_matrix(5, 37, 1);
+  Tensor t = to_tensor(w);
+  WeightMatrix f(t, WeightFormat::F32);
+  EXPECT_EQ(f.data(), t.raw());
+  EXPECT_EQ(f.bytes(), std::size_t(5 * 37 * 4));
+  Tensor tb = t.to(DType::BF16);
+  WeightMatrix b(tb, WeightFormat::BF16);
+  EXPECT_EQ(b.data(), tb.raw());
+  EXPECT_EQ(b.bytes(), std::size_t(5 * 37 * 2));
+  WeightMatrix b2(t, WeightFormat::BF16);  // rounded from f32, nearest-even
+  const auto* p = static_cast<const std::uint16_t*>(b2.data());
+  for (int i = 0; i < 5 * 37; ++i) ASSERT_EQ(p[i], f32_to_bf16(w.data()[i]));
+  // f16 source
+  WeightMatrix h(t.to(DType::F16), WeightFormat::F32);
+  MatrixF hd = to_matrix(h.dequantize());
+  for (int i = 0; i < 5 * 37; ++i) ASSERT_EQ(hd.data()[i], f16_to_f32(f32_to_f16(w.data()[i])));
+  EXPECT_THROW(WeightMatrix(Tensor::zeros({3}), WeightFormat::F32), TensorError);
+}
+
+TEST(Weights, QuantisationOfBlocks) {
+  // K = 70: blocks [0,32) [32,64) [64,70) + zero padding to Kp = 128.
+  MatrixF w = random_matrix(3, 70, 2);
+  w(1, 5) = 0;  // an all-zero block:
+  for (int k = 32; k < 64; ++k) w(2, k) = 0.f;
+  WeightMatrix q8(to_tensor(w), WeightFormat::Q8_0), q4(to_tensor(w), WeightFormat::Q4_0);
+  EXPECT_EQ(q8.padded_cols(), 128);
+  EXPECT_EQ(q8.bytes(), std::size_t(3 * 128 + 3 * 4 * 2));
+  EXPECT_EQ(q4.bytes(), std::size_t(3 * 64 + 3 * 4 * 2));
+  MatrixF d8 = to_matrix(q8.dequantize()), d4 = to_matrix(q4.dequantize());
+  for (int n = 0; n < 3; ++n)
+    for (int b = 0; b < 3; ++b) {
+      const int k0 = 32 * b, k1 = std::min(70, k0 + 32);
+      float amax = 0, mval = 0;
+      for (int k = k0; k < k1; ++k)
+        if (std::fabs(w(n, k)) > amax) { amax = std::fabs(w(n, k)); mval = w(n, k); }
+      const float s8 = f16_to_f32(q8.scales()[n * 4 + b]), s4 = f16_to_f32(q4.scales()[n * 4 + b]);
+      EXPECT_EQ(s8, f16_to_f32(f32_to_f16(amax / 127.f)));
+      EXPECT_EQ(s4, f16_to_f32(f32_to_f16(mval / -8.f)));
+      for (int k = k0; k < k1; ++k) {
+        EXPECT_LE(std::fabs(d8(n, k) - w(n, k)), 0.5f * s8 * 1.0001f + 1e-30f);
+        EXPECT_LE(std::fabs(d4(n, k) - w(n, k)), std::fabs(s4) * 1.0001f + 1e-30f);  // +7 clamp: <= |d|
+      }
+      if (amax > 0) {  // the largest-magnitude weight is represented exactly up to the f16 scale
+        int at = k0;
+        for (int k = k0; k < k1; ++k)
+          if (w(n, k) == mval) at = k;
+        EXPECT_NEAR(d4(n, at), mval, 1e-3f * amax);
+      }
+    }
+  for (int k = 32; k < 64; ++k) EXPECT_EQ(d8(2, k), 0.f);
+  // padding is zero
+  const auto* qs = static_cast<const std::int8_t*>(q8.data());
+  for (int k = 70; k < 128; ++k) EXPECT_EQ(qs[k], 0);
+  const float inf = std::numeric_limits<float>::infinity();
+  w(0, 0) = inf;
+  EXPECT_THROW(WeightMatrix(to_tensor(w), WeightFormat::Q8_0), TensorError);
+}
+
+// The main sweep: every format, odd shapes, bias / no bias, against the references.
+void sweep(bool bf16_gemm) {
+  Bf16GemmGuard guard(bf16_gemm);
+  const int Ks[] = {1, 33, 64, 100, 300};
+  const int Ns[] = {1, 17, 64};
+  const int Ms[] = {1, 3, 8, 9, 257};
+  double worst[6] = {0, 0, 0, 0, 0, 0};
+  for (int ci = 0; ci < 6; ++ci)
+    for (int K : Ks)
+      for (int N : Ns) {
+        const WeightFormat f = kConfigs[ci].f;
+        MatrixF w = random_matrix(N, K, unsigned(K * 131 + N));
+        WeightMatrix W(to_tensor(w), f, kConfigs[ci].l);
+        std::vector<float> bias(static_cast<std::size_t>(N), 0.f);
+        for (int n = 0; n < N; ++n) bias[std::size_t(n)] = 0.1f * float(n % 7) - 0.3f;
+        for (int M : Ms)
+          for (bool with_bias : {false, true}) {
+            SCOPED_TRACE(cname(kConfigs[ci]) + " M=" + std::to_string(M) + " K=" +
+                         std::to_string(K) + " N=" + std::to_string(N) + " bias=" + std::to_string(with_bias));
+            MatrixF x = random_matrix(M, K, unsigned(M * 7 + K));
+            const float* b = with_bias ? bias.data() : nullptr;
+            MatrixF y = ops::linear(x, W, b);
+            const bool large = is_large(M);
+            Ref r = reference(effective_x(x, f, large), effective_w(W, large), b);
+            const double ratio = worst_ratio(y, r);
+            worst[ci] = std::max(worst[ci], ratio);
+            ASSERT_LE(ratio, 1.0);
+          }
+      }
+  for (int ci = 0; ci < 6; ++ci)
+    std::printf("%-11s worst |y-ref| / (2e-6 sum|wx|)%s: %.3f\n", cname(kConfigs[ci]).c_str(),
+                bf16_gemm ? " (bf16-activation GEMM)" : "", worst[ci]);
+}
+
+TEST(Weights, LinearMatchesReference) { sweep(false); }
+TEST(Weights, LinearMatchesReferenceBf16ActivationGemm) { sweep(true); }
+
+// Larger shapes (several K blocks in the GEMM, M tail panels, K odd) and quantisation error.
+TEST(Weights, QuantisationError) {
+  const int K = 601, N = 100;
+  MatrixF w = random_matrix(N, K, 5, 0.05f);
+  for (int M : {1, 4, 257}) {
+    MatrixF x = random_matrix(M, K, 6);
+    std::vector<float> bias(std::size_t(N), 0.01f);
+    Ref exact = reference(x, w, bias.data());  // original f32 weights
+    for (int mode = 0; mode < 2; ++mode)
+    for (WeightFormat f : kFormats) {
+      if (mode == 1 && (f == WeightFormat::F32 || !is_large(M))) continue;
+      Bf16GemmGuard guard(mode == 1);
+      WeightMatrix W(to_tensor(w), f);
+      MatrixF y = ops::linear(x, W, bias.data());
+      const bool large = is_large(M);
+      Ref sem = reference(effective_x(x, f, large), effective_w(W, large), bias.data());
+      Ref deq = reference(x, to_matrix(W.dequantize()), bias.data());
+      const double r = worst_ratio(y, sem), e_deq = rel_frobenius(y, deq.y), e_f32 = rel_frobenius(y, exact.y);
+      std::printf("M=%3d %-5s%s vs kernel ref %.3f | rel Frobenius vs dequantised W (f32 x) %.2e | vs f32 W %.2e  [%s]\n",
+                  M, ops::weight_format_name(f), mode ? "(bf16 x)" : "        ", r, e_deq, e_f32,
+                  ops::kernel_name(W, M).c_str());
+      EXPECT_LE(r, 1.0);
+      const bool qx = (f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0) && !large;  // int8 activations
+      if (mode == 1) EXPECT_LT(e_deq, 1e-2);
+      else if (!qx) EXPECT_LT(e_deq, 1e-6);
+      else EXPECT_LT(e_deq, 1e-2);
+      switch (f) {
+        case WeightFormat::F32: EXPECT_LT(e_f32, 1e-6); break;
+        case WeightFormat::BF16: EXPECT_LT(e_f32, 5e-3); break;
+        case WeightFormat::Q8_0: EXPECT_LT(e_f32, 1.5e-2); break;
+        case WeightFormat::Q4_0: EXPECT_LT(e_f32, 0.15); break;
+      }
+    }
+  }
+}
+
+TEST(Weights, StridedInputAndOutput) {
+  const int K = 77, N = 33;
+  MatrixF w = random_matrix(N, K, 9);
+  MatrixF big = random_matrix(300, K + 10, 10);
+  for (const Config& c : kConfigs) {
+    WeightMatrix W(to_tensor(w), c.f, c.l);
+    const WeightFormat f = c.f;
+    for (int M : {2, 20}) {
+      MatrixF out = MatrixF::Constant(M, N + 8, 7.f);
+      ops::linear(big.block(3, 5, M, K), W, nullptr, out.middleCols(4, N));
+      MatrixF xc = big.block(3, 5, M, K);
+      MatrixF ref = ops::linear(xc, W);
+      EXPECT_TRUE(bit_equal(MatrixF(out.middleCols(4, N)), ref)) << ops::weight_format_name(f) << " M=" << M;
+      EXPECT_TRUE((out.leftCols(4).array() == 7.f).all());
+      EXPECT_TRUE((out.rightCols(4).array() == 7.f).all());
+    }
+  }
+}
+
+TEST(Weights, ThreadCountDoesNotChangeResults) {
+  const int K = 333, N = 190;
+  MatrixF w = random_matrix(N, K, 11);
+  std::vector<float> bias(std::size_t(N), 0.25f);
+  for (int mode = 0; mode < 2; ++mode)
+  for (const Config& c : kConfigs) {
+    Bf16GemmGuard guard(mode == 1);
+    WeightMatrix W(to_tensor(w), c.f, c.l);
+    const WeightFormat f = c.f;
+    for (int M : {1, 5, 20, 257}) {
+      MatrixF x = random_matrix(M, K, 12);
+      MatrixF y1, y2;
+      {
+        ThreadGuard t(1);
+        y1 = ops::linear(x, W, bias.data());
+      }
+      {
+        ThreadGuard t(2);
+        y2 = ops::linear(x, W, bias.data());
+      }
+      EXPECT_TRUE(bit_equal(y1, y2)) << ops::weight_format_name(f) << " M=" << M;
+    }
+  }
+}
+
+TEST(Weights, ScalarPathMatchesSimd) {
+  const int K = 300, N = 70;
+  MatrixF w = random_matrix(N, K, 13);
+  std::vector<float> bias(std::size_t(N), -0.5f);
+  for (int mode = 0; mode < 2; ++mode)
+  for (const Config& c : kConfigs) {
+    Bf16GemmGuard guard(mode == 1);
+    WeightMatrix W(to_tensor(w), c.f, c.l);
+    const WeightFormat f = c.f;
+    for (int M : {1, 3, 8, 257}) {
+      MatrixF x = random_matrix(M, K, 14);
+      MatrixF ys, yv;
+      {
+        ScalarGuard s(true);
+        ys = ops::linear(x, W, bias.data());
+      }
+      yv = ops::linear(x, W, bias.data());
+      const bool large = is_large(M);
+      Ref r = reference(effective_x(x, f, large), effective_w(W, large), bias.data());
+      // both within the float32 summation bound of the same reference => within 2x of each other
+      EXPECT_LE(worst_ratio(ys, r), 1.0) << ops::weight_format_name(f) << " M=" << M;
+      EXPECT_LE(worst_ratio(yv, r), 1.0) << ops::weight_format_name(f) << " M=" << M;
+      double d = 0;
+      for (Eigen::Index i = 0; i < ys.size(); ++i)
+        d = std::max(d, double(std::fabs(ys.data()[i] - yv.data()[i])) / (kSumTol * r.mag.data()[i] + 1e-30));
+      EXPECT_LE(d, 2.0);
+    }
+  }
+}
+
+TEST(Weights, VnniAndAvx512BwIntegerKernelsAgreeExactly) {
+  const int K = 4 * 64 + 32 + 5, N = 45;  // a 4-pair group, a single pair and a K tail
+  MatrixF w = random_matrix(N, K, 15);
+  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+    WeightMatrix W(to_tensor(w), f);
+    for (int M : {1, 6}) {
+      MatrixF x = random_matrix(M, K, 16);
+      MatrixF a = ops::linear(x, W);
+      ops::set_disabled_isa(ops::kIsaAvx512Vnni);
+      MatrixF b = ops::linear(x, W);
+      ops::set_disabled_isa(0);
+      // identical integer lanes, identical float order
+      EXPECT_TRUE(bit_equal(a, b)) << ops::weight_format_name(f) << " M=" << M;
+    }
+  }
+}
+
+TEST(Weights, Bf16GemmFallbackMatchesDpbf16) {
+  const int K = 700, N = 100, M = 40;  // K spans 3 kc blocks
+  MatrixF w = random_matrix(N, K, 17);
+  MatrixF x = random_matrix(M, K, 18);
+  Bf16GemmGuard guard(true);
+  for (WeightFormat f : {WeightFormat::BF16, WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+    WeightMatrix W(to_tensor(w), f);
+    MatrixF a = ops::linear(x, W);
+    ops::set_disabled_isa(ops::kIsaAvx512Bf16);
+    MatrixF b = ops::linear(x, W);
+    ops::set_disabled_isa(0);
+    Ref r = reference(effective_x(x, f, true), effective_w(W, true), nullptr);
+    EXPECT_LE(worst_ratio(a, r), 1.0);
+    EXPECT_LE(worst_ratio(b, r), 1.0);
+  }
+}
+
+TEST(Weights, GemvThresholdIsConfigurable) {
+  const int K = 64, N = 16;
+  MatrixF w = random_matrix(N, K, 19), x = random_matrix(12, K, 20);
+  WeightMatrix W(to_tensor(w), WeightFormat::Q8_0);
+  const int old = ops::gemv_max_rows();
+  ops::set_gemv_max_rows(16);  // 12 rows: two groups of the streaming kernel
+  MatrixF y = ops::linear(x, W);
+  ops::set_gemv_max_rows(old);
+  Ref r = reference(effective_x(x, WeightFormat::Q8_0, false), effective_w(W, false), nullptr);
+  EXPECT_LE(worst_ratio(y, r), 1.0);
+}
+
+TEST(Weights, SerialisationRoundTripIsBitIdentical) {
+  const int K = 100, N = 23;
+  MatrixF w = random_matrix(N, K, 21);
+  MatrixF x = random_matrix(3, K, 22), xl = random_matrix(30, K, 23);
+  for (WeightFormat f : kFormats) {
+    WeightMatrix W(to_tensor(w), f);
+    const std::string name = "layer.fc.weight";
+    auto tensors = W.to_tensors(name);
+    const std::string path = std::string(IB_TEST_TMP_DIR) + "/weights_" + ops::weight_format_name(f) + ".safetensors";
+    io::save_safetensors(path, tensors);
+    io::SafeTensors st = io::SafeTensors::open(path);
+    WeightMatrix R = WeightMatrix::from_tensors(name, [&](const std::string& k) {
+      return st.contains(k) ? st.get(k) : Tensor();
+    });
+    ASSERT_EQ(R.format(), f);
+    ASSERT_EQ(R.rows(), N);
+    ASSERT_EQ(R.cols(), K);
+    ASSERT_EQ(R.bytes(), W.bytes());
+    EXPECT_EQ(std::memcmp(R.data(), W.data(), W.data_tensor().nbytes()), 0);
+    if (W.scales()) {
+      EXPECT_EQ(std::memcmp(R.scales(), W.scales(), W.scales_tensor().nbytes()), 0);
+    }
+    EXPECT_TRUE(R.data_tensor().is_borrowed());  // zero-copy from the mapping
+    EXPECT_TRUE(bit_equal(ops::linear(x, W), ops::linear(x, R)));
+    EXPECT_TRUE(bit_equal(ops::linear(xl, W), ops::linear(xl, R)));
+    // in-memory lookup too
+    WeightMatrix R2 = WeightMatrix::from_tensors(name, tensors);
+    EXPECT_TRUE(bit_equal(ops::linear(x, W), ops::linear(x, R2)));
+  }
+}
+
+TEST(Weights, PanelsLayout) {
+  for (int K : {1, 33, 64, 301})
+    for (int N : {1, 31, 32, 70}) {
+      MatrixF w = random_matrix(N, K, unsigned(27 + K + N));
+      for (WeightFormat f : {WeightFormat::F32, WeightFormat::BF16}) {
+        WeightMatrix R(to_tensor(w), f), P(to_tensor(w), f, ops::WeightLayout::Panels);
+        ASSERT_EQ(P.layout(), ops::WeightLayout::Panels);
+        EXPECT_TRUE(bit_equal(to_matrix(R.dequantize()), to_matrix(P.dequantize())));
+        EXPECT_EQ(P.bytes(), std::size_t((N + 31) / 32) * 32 * std::size_t(f == WeightFormat::F32 ? K * 4 : (K + 1) / 2 * 4));
+        // serialised as the row-major tensor; re-packing gives identical bytes
+        auto t = P.to_tensors("p");
+        ASSERT_EQ(t.size(), 1u);
+        WeightMatrix L = WeightMatrix::from_tensors("p", t);
+        EXPECT_EQ(L.layout(), ops::WeightLayout::RowMajor);
+        EXPECT_EQ(std::memcmp(L.data(), R.data(), R.bytes()), 0);
+        WeightMatrix P2(L.data_tensor(), f, ops::WeightLayout::Panels);
+        EXPECT_EQ(std::memcmp(P2.data(), P.data(), P.bytes()), 0);
+      }
+    }
+  EXPECT_THROW(WeightMatrix(to_tensor(random_matrix(4, 64, 1)), WeightFormat::Q8_0, ops::WeightLayout::Panels),
+               InvalidArgument);
+}
+
+TEST(Weights, FromTensorsRejectsInconsistentTensors) {
+  MatrixF w = random_matrix(4, 40, 24);
+  WeightMatrix W(to_tensor(w), WeightFormat::Q4_0);
+  auto t = W.to_tensors("w");
+  auto find = [&](const std::string& k) -> Tensor& {
+    for (auto& kv : t)
+      if (kv.first == k) return kv.second;
+    throw std::runtime_error("no " + k);
+  };
+  EXPECT_THROW(WeightMatrix::from_tensors("v", t), TensorError);  // absent
+  auto t2 = t;
+  t = t2;
+  find("w.shape") = Tensor::from_vector({2}, std::vector<std::int64_t>{4, 70});  // Kp 128 != 64
+  EXPECT_THROW(WeightMatrix::from_tensors("w", t), TensorError);
+  t = t2;
+  find("w.shape") = Tensor::from_vector({2}, std::vector<std::int64_t>{-4, 40});
+  EXPECT_THROW(WeightMatrix::from_tensors("w", t), TensorError);
+  t = t2;
+  find("w.q4_0_scale") = Tensor::zeros({4, 2}, DType::BF16);
+  EXPECT_THROW(WeightMatrix::from_tensors("w", t), TensorError);
+  t = t2;
+  find("w.q4_0") = Tensor::zeros({4, 31}, DType::U8);
+  EXPECT_THROW(WeightMatrix::from_tensors("w", t), TensorError);
+  t = t2;
+  t.pop_back();  // no shape
+  EXPECT_THROW(WeightMatrix::from_tensors("w", t), TensorError);
+  std::vector<std::pair<std::string, Tensor>> ints{{"w", Tensor::zeros({2, 2}, DType::I64)}};
+  EXPECT_THROW(WeightMatrix::from_tensors("w", ints), TensorError);
+}
+
+TEST(Weights, ShapeErrorsAndEdgeCases) {
+  MatrixF w = random_matrix(5, 8, 25);
+  WeightMatrix W(to_tensor(w), WeightFormat::Q8_0);
+  MatrixF x = random_matrix(2, 9, 26), y(2, 5);
+  EXPECT_THROW(ops::linear(x, W, nullptr, y), InvalidArgument);
+  EXPECT_THROW(ops::linear(random_matrix(2, 8, 1), WeightMatrix(), nullptr, y), InvalidArgument);
+  // K = 0: bias only; M = 0: nothing
+  WeightMatrix Z(Tensor::zeros({3, 0}), WeightFormat::Q4_0);
+  std::vector<float> b{1.f, 2.f, 3.f};
+  MatrixF x0(2, 0), y0(2, 3);
+  ops::linear(x0, Z, b.data(), y0);
+  EXPECT_EQ(y0(1, 2), 3.f);
+  MatrixF xe(0, 8), ye(0, 5);
+  ops::linear(xe, W, nullptr, ye);
+}
