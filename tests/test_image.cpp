@@ -846,3 +846,15 @@ TEST(ImageFuzzRegressions, PreprocessorOutputSizeBounded) {
   const ib::ImageProcessor strip = ib::ImageProcessor::from_json(json{{"size", {{"height", 32768}, {"width", 512}}}});
   EXPECT_EQ(strip.height(), 32768);
 }
+
+// Found by fuzz_image (with the CRC-repairing pass): a PNG whose only IDAT chunk is empty passed a
+// null pointer to stb_image's inflate, which computed null + 0 (undefined behaviour, UBSan).
+TEST(ImageFuzzRegressions, PngWithEmptyImageData) {
+  const std::vector<std::uint8_t> png = make_png(7, 5, 0, /*zlib=*/{});
+  try {
+    ib::decode_image(png);
+    ADD_FAILURE() << "a PNG without image data decoded";
+  } catch (const ib::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+}

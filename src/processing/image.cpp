@@ -263,6 +263,9 @@ std::vector<std::uint8_t> inflate_exact(const std::vector<std::uint8_t>& z, std:
   const std::size_t slack = 65536 + 258;
   if (want > std::size_t(INT_MAX) - slack || z.size() > std::size_t(INT_MAX))
     fail(name, std::string(format) + " image data too large");
+  // Nothing to inflate (e.g. PNG IDAT chunks of length 0). Also keeps z.data(), null for an
+  // empty vector, away from stb, whose `ibuffer + ilen` on a null pointer is undefined behaviour.
+  if (z.empty()) fail(name, std::string(format) + " image file is truncated (empty image data stream)");
   std::vector<std::uint8_t> out(want + slack);
   const int n = stbi_zlib_decode_buffer(reinterpret_cast<char*>(out.data()), int(out.size()),
                                         reinterpret_cast<const char*>(z.data()), int(z.size()));
