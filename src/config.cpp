@@ -1,6 +1,8 @@
 // Configuration structs: JSON parsing, validation, serialisation. See config.hpp for the rules.
 #include "instructblip/config.hpp"
 
+#include "internal/json_depth.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -43,23 +45,8 @@ std::string quoted(const std::string& s) { return "\"" + s + "\""; }
   throw ConfigError(source + ": " + prefix + key + ": " + msg);
 }
 
-// Deepest nesting of arrays / objects accepted in a config (real ones nest 3 levels). nlohmann's
-// parser is iterative, but copying, comparing and dump()ing a value recurse once per level: a
-// config.json of "[[[[...]]]]" a few hundred thousand levels deep overflowed the stack.
-constexpr std::size_t kMaxJsonDepth = 64;
-
-// True if `j` nests arrays / objects more than `limit` levels deep (checked without recursion).
-bool nested_deeper_than(const json& j, std::size_t limit) {
-  std::vector<std::pair<const json*, std::size_t>> todo{{&j, 0}};
-  while (!todo.empty()) {
-    const auto [v, depth] = todo.back();
-    todo.pop_back();
-    if (!v->is_structured()) continue;
-    if (depth >= limit) return true;
-    for (const json& e : *v) todo.emplace_back(&e, depth + 1);
-  }
-  return false;
-}
+using detail::kMaxJsonDepth;
+using detail::nested_deeper_than;
 
 // Typed access to the keys of one JSON object; every error names "<source>: <prefix><key>".
 class Reader {

@@ -2,6 +2,8 @@
 // (tokenizer_config.json; special_tokens_map.json and added_tokens.json when the config has no
 // "added_tokens_decoder"), and the AutoTokenizer-like factory.
 #include <filesystem>
+
+#include "../internal/json_depth.hpp"
 #include <fstream>
 #include <iterator>
 #include <utility>
@@ -19,21 +21,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Deepest nesting of arrays / objects accepted in a tokenizer file (real ones nest 3 levels).
-constexpr std::size_t kMaxJsonDepth = 64;
-
-// True if `j` nests arrays / objects more than `limit` levels deep (checked without recursion).
-bool nested_deeper_than(const json& j, std::size_t limit) {
-  std::vector<std::pair<const json*, std::size_t>> todo{{&j, 0}};
-  while (!todo.empty()) {
-    const auto [v, depth] = todo.back();
-    todo.pop_back();
-    if (!v->is_structured()) continue;
-    if (depth >= limit) return true;
-    for (const json& e : *v) todo.emplace_back(&e, depth + 1);
-  }
-  return false;
-}
+using detail::kMaxJsonDepth;
+using detail::nested_deeper_than;
 
 // nullopt when the file does not exist; IoError if it exists but cannot be read, FormatError if
 // it is not JSON, ConfigError if it is not a JSON object.
