@@ -2,10 +2,13 @@
 // InstructBLIP: a decode step (M = 1) of Flan-T5-XL (2048 -> 5120) and Vicuna-7B (4096 -> 11008)
 // sized layers, reported as weight bytes streamed per second, and the ViT-g/14 MLP (M = 257,
 // 1408 <-> 6144), reported as GFLOPS; on 1 and 2 threads. Prints ops::cpu_features() first.
-// variant: 0 row-major, 1 Panels layout (f32 / bf16), 2 bf16-activation vdpbf16ps GEMM (M = 257;
-// bf16 in Panels layout). The label names the kernel linear() dispatched to.
+// variant: 0 row-major, 1 Panels layout (f32 / bf16), 2 bf16-activation GEMM through the
+// process-wide set_gemm_bf16_activations (M = 257; bf16 in Panels layout; AMX when available).
+// BM_bf16_compute: the per-call GemmCompute::BF16 regime (AMX vs vdpbf16ps) at the ViT-g/14 and
+// Q-Former shapes; BM_f32_gemm: F32 weights, own GEMM vs Eigen. The label names the kernel.
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -106,6 +109,79 @@ void BM_read_bandwidth(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(double(bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The BF16-compute GEMM regime (GemmCompute::BF16 per call) at the ViT-g/14 (1408 <-> 6144) and
+// Q-Former (768 <-> 3072) shapes, M = 257: kernel 0 = the default (AMX tiles when the CPU / OS
+// allow them), 1 = vdpbf16ps (AMX turned off through set_disabled_isa(kIsaAmx)).
+// layout 1 = Panels (bf16 only).
+void BM_bf16_compute(benchmark::State& state) {
+  const auto f = ops::WeightFormat(state.range(0));
+  const auto layout = state.range(1) ? ops::WeightLayout::Panels : ops::WeightLayout::RowMajor;
+  const auto M = state.range(2), K = state.range(3), N = state.range(4);
+  const int threads = int(state.range(5)), kernel = int(state.range(6));
+  set_num_threads(threads);
+  ops::set_disabled_isa(kernel == 1 ? ops::kIsaAmx : 0u);
+  const ops::WeightMatrix& W = weight(f, layout, N, K);
+  MatrixF x = random_matrix(M, K, 7), y(M, N);
+  std::vector<float> b(static_cast<std::size_t>(N), 0.5f);
+  ops::LinearOptions o;
+  o.compute = ops::GemmCompute::BF16;
+  o.activate = state.range(7) != 0;
+  for (auto _ : state) {
+    ops::linear(x, W, b.data(), y, o);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(ops::kernel_name(W, M, ops::GemmCompute::BF16) + (o.activate ? "+gelu" : ""));
+  ops::set_disabled_isa(0);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(2.0 * double(M) * double(K) * double(N) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+const std::array<std::array<int, 2>, 6> kGemmShapes = {{{1408, 1408}, {1408, 6144}, {6144, 1408},
+                                                        {768, 768}, {768, 3072}, {3072, 768}}};  // {K, N}
+
+void bf16_shapes(benchmark::internal::Benchmark* b) {
+  const int all = int(std::max(1u, std::thread::hardware_concurrency()));
+  for (auto kn : kGemmShapes) {
+    // bf16 Panels: default (AMX) and vdpbf16ps, on all threads (+ 1 thread for the default)
+    for (int kernel : {0, 1}) b->Args({1, 1, 257, kn[0], kn[1], all, kernel, 0});
+    if (all > 1) b->Args({1, 1, 257, kn[0], kn[1], 1, 0, 0});
+    b->Args({1, 1, 257, kn[0], kn[1], all, 0, 1});  // fused GELU epilogue
+    for (int fmt : {1, 2, 3}) b->Args({fmt, 0, 257, kn[0], kn[1], all, 0, 0});  // row-major bf16, q8_0, q4_0
+  }
+}
+
+// F32 weights at M = 257: the own AVX-512 GEMM on the row-major WeightMatrix (impl 0) vs Eigen
+// (ops::linear<float> on a Map of the same row-major data, impl 1) - linear() dispatches to the
+// own kernel, which measured faster (see the report in weights.hpp).
+void BM_f32_gemm(benchmark::State& state) {
+  const auto M = state.range(0), K = state.range(1), N = state.range(2);
+  const int threads = int(state.range(3)), impl = int(state.range(4));
+  set_num_threads(threads);
+  const ops::WeightMatrix& W = weight(ops::WeightFormat::F32, ops::WeightLayout::RowMajor, N, K);
+  Eigen::Map<const RowMatrix<float>> Wm(static_cast<const float*>(W.data()), N, K);
+  MatrixF x = random_matrix(M, K, 7), y(M, N);
+  std::vector<float> b(static_cast<std::size_t>(N), 0.5f);
+  for (auto _ : state) {
+    if (impl == 0)
+      ops::linear(x, W, b.data(), y);
+    else
+      ops::linear<float>(x, Wm, b.data(), y);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(impl == 0 ? ops::kernel_name(W, M) : std::string("eigen(ops::linear<float>)"));
+  state.counters["GFLOPS"] =
+      benchmark::Counter(2.0 * double(M) * double(K) * double(N) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void f32_shapes(benchmark::internal::Benchmark* b) {
+  const int all = int(std::max(1u, std::thread::hardware_concurrency()));
+  for (auto kn : kGemmShapes)
+    for (int impl : {0, 1}) b->Args({257, kn[0], kn[1], all, impl});
+}
+
 const bool printed = [] {
   std::printf("ops::cpu_features(): %s\n", ops::cpu_features().c_str());
   return true;
@@ -116,6 +192,16 @@ const bool printed = [] {
 BENCHMARK(BM_weights)
     ->ArgNames({"fmt", "M", "K", "N", "threads", "variant"})
     ->Apply(shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_bf16_compute)
+    ->ArgNames({"fmt", "panels", "M", "K", "N", "threads", "kernel", "gelu"})
+    ->Apply(bf16_shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_f32_gemm)
+    ->ArgNames({"M", "K", "N", "threads", "impl"})
+    ->Apply(f32_shapes)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_read_bandwidth)

@@ -15,11 +15,14 @@
 #endif
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "instructblip/core/thread_pool.hpp"
 #include "instructblip/io/safetensors.hpp"
@@ -517,4 +520,280 @@ TEST(Weights, ShapeErrorsAndEdgeCases) {
   EXPECT_EQ(y0(1, 2), 3.f);
   MatrixF xe(0, 8), ye(0, 5);
   ops::linear(xe, W, nullptr, ye);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-call compute selection, the AMX-BF16 GEMM, the fused epilogue and the vectorised GELU.
+
+namespace {
+
+struct GemvRowsGuard {
+  explicit GemvRowsGuard(int m) : old(ops::gemv_max_rows()) { ops::set_gemv_max_rows(m); }
+  ~GemvRowsGuard() { ops::set_gemv_max_rows(old); }
+  int old;
+};
+struct IsaGuard {
+  explicit IsaGuard(unsigned mask) : old(ops::disabled_isa()) { ops::set_disabled_isa(mask); }
+  ~IsaGuard() { ops::set_disabled_isa(old); }
+  unsigned old;
+};
+
+bool amx_active() {
+  MatrixF w = random_matrix(32, 32, 1);
+  WeightMatrix W(to_tensor(w), WeightFormat::BF16, ops::WeightLayout::Panels);
+  return ops::kernel_name(W, 1000, ops::GemmCompute::BF16).find("amx") != std::string::npos;
+}
+
+ops::LinearOptions bf16_options() {
+  ops::LinearOptions o;
+  o.compute = ops::GemmCompute::BF16;
+  return o;
+}
+
+// Exact reference of the BF16-compute regime: activations and (dequantised) weights rounded to
+// bf16, products summed in double.
+Ref bf16_reference(const MatrixF& x, const WeightMatrix& W, const float* bias) {
+  MatrixF xe = x, we = to_matrix(W.dequantize());
+  for (Eigen::Index i = 0; i < xe.size(); ++i) xe.data()[i] = bf16_round(xe.data()[i]);
+  for (Eigen::Index i = 0; i < we.size(); ++i) we.data()[i] = bf16_round(we.data()[i]);
+  return reference(xe, we, bias);
+}
+
+// |y - ref| <= tol * (sum |w x| + |b|) (f32 accumulation of exact bf16 products).
+double worst_rel(const MatrixF& y, const Ref& r) {
+  double worst = 0;
+  for (Eigen::Index m = 0; m < y.rows(); ++m)
+    for (Eigen::Index n = 0; n < y.cols(); ++n)
+      worst = std::max(worst, std::fabs(double(y(m, n)) - r.y(m, n)) / (r.mag(m, n) + 1e-30));
+  return worst;
+}
+
+constexpr double kBf16GemmTol = 1e-5;
+
+// The BF16-compute sweep with the given ISA mask: every format / layout, all shapes, against the
+// exact reference. Small M uses the GEMM too (gemv_max_rows = 0).
+void bf16_compute_sweep(unsigned isa_mask, bool all_m, const char* what) {
+  IsaGuard isa(isa_mask);
+  GemvRowsGuard rows(0);
+  std::vector<int> Ms;
+  for (int m = 1; m <= 40; m += all_m ? 1 : 7) Ms.push_back(m);
+  Ms.push_back(257);
+  const int Ks[] = {32, 64, 96, 1408, 40, 1};
+  const int Ns[] = {1, 17, 32, 48, 100};
+  double worst = 0;
+  for (const Config& c : kConfigs) {
+    if (c.f == WeightFormat::F32) continue;
+    for (int K : Ks)
+      for (int N : Ns) {
+        MatrixF w = random_matrix(N, K, unsigned(K * 17 + N));
+        WeightMatrix W(to_tensor(w), c.f, c.l);
+        std::vector<float> bias(static_cast<std::size_t>(N));
+        for (int n = 0; n < N; ++n) bias[static_cast<std::size_t>(n)] = 0.05f * float(n % 5) - 0.1f;
+        for (int M : Ms) {
+          if (K == 1408 && M != 257 && M % 8 != 1 && M != 16 && M != 32) continue;  // keep the reference cheap
+          SCOPED_TRACE(std::string(what) + " " + cname(c) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                       " N=" + std::to_string(N));
+          MatrixF x = random_matrix(M, K, unsigned(M * 3 + K));
+          MatrixF y(M, N);
+          const float* b = (M + N) % 2 ? bias.data() : nullptr;
+          ops::linear(x, W, b, y, bf16_options());
+          const double r = worst_rel(y, bf16_reference(x, W, b));
+          worst = std::max(worst, r);
+          ASSERT_LE(r, kBf16GemmTol) << ops::kernel_name(W, M, ops::GemmCompute::BF16);
+        }
+      }
+  }
+  std::printf("%s: worst |y - ref| / sum|wx| = %.3g\n", what, worst);
+}
+
+}  // namespace
+
+TEST(Weights, KernelNamesAndCpuFeaturesNameAmx) {
+  MatrixF w = random_matrix(64, 64, 30);
+  WeightMatrix W(to_tensor(w), WeightFormat::BF16, ops::WeightLayout::Panels);
+  const std::string amx = ops::kernel_name(W, 257, ops::GemmCompute::BF16);
+  const std::string f32 = ops::kernel_name(W, 257, ops::GemmCompute::F32);
+  std::printf("GemmCompute::BF16: %s, GemmCompute::F32: %s\n", amx.c_str(), f32.c_str());
+  EXPECT_EQ(f32.find("amx"), std::string::npos);
+  EXPECT_EQ(ops::kernel_name(W, 257), ops::kernel_name(W, 257, ops::GemmCompute::Auto));
+  if (!amx_active()) GTEST_SKIP() << "no AMX-BF16 on this CPU / OS (or not in this build)";
+  EXPECT_NE(amx.find("amx-bf16"), std::string::npos);
+  EXPECT_NE(ops::cpu_features().find("amx"), std::string::npos);
+  IsaGuard g(ops::kIsaAmx);
+  EXPECT_EQ(ops::kernel_name(W, 257, ops::GemmCompute::BF16).find("amx"), std::string::npos);
+}
+
+TEST(Weights, Bf16ComputeMatchesExactReference) {
+  if (!amx_active()) std::printf("note: no AMX here; this sweeps the vdpbf16ps / portable kernels\n");
+  bf16_compute_sweep(0, true, amx_active() ? "amx" : "default bf16 kernel");
+}
+
+TEST(Weights, Bf16ComputeFallbacksMatchExactReference) {
+  bf16_compute_sweep(ops::kIsaAmx, false, "vdpbf16ps (AMX off)");
+  bf16_compute_sweep(ops::kIsaAmx | ops::kIsaAvx512Bf16, false, "portable (AMX and AVX512-BF16 off)");
+}
+
+TEST(Weights, Bf16ComputeKernelsAgree) {
+  const int K = 1408 + 40, N = 100;
+  MatrixF w = random_matrix(N, K, 31);
+  for (const Config& c : kConfigs) {
+    if (c.f == WeightFormat::F32) continue;
+    WeightMatrix W(to_tensor(w), c.f, c.l);
+    for (int M : {9, 40, 257}) {
+      MatrixF x = random_matrix(M, K, 32), ya(M, N), yb(M, N), yc(M, N);
+      ops::linear(x, W, nullptr, ya, bf16_options());
+      {
+        IsaGuard g(ops::kIsaAmx);
+        ops::linear(x, W, nullptr, yb, bf16_options());
+      }
+      {
+        IsaGuard g(ops::kIsaAmx | ops::kIsaAvx512Bf16);
+        ops::linear(x, W, nullptr, yc, bf16_options());
+      }
+      const Ref r = bf16_reference(x, W, nullptr);
+      EXPECT_LE(worst_rel(ya, r), kBf16GemmTol) << cname(c) << " M=" << M;
+      EXPECT_LE(worst_rel(yb, r), kBf16GemmTol) << cname(c) << " M=" << M;
+      EXPECT_LE(worst_rel(yc, r), kBf16GemmTol) << cname(c) << " M=" << M;
+    }
+  }
+}
+
+TEST(Weights, Bf16ComputeThreadCountDoesNotChangeResults) {
+  // K = 4100 spans several K blocks of the AMX kernel (partial sums through memory).
+  for (int K : {333, 4100}) {
+    const int N = 190;
+    MatrixF w = random_matrix(N, K, 33);
+    std::vector<float> bias(static_cast<std::size_t>(N), 0.25f);
+    for (const Config& c : kConfigs)
+      for (unsigned mask : {0u, unsigned(ops::kIsaAmx)}) {
+        IsaGuard g(mask);
+        WeightMatrix W(to_tensor(w), c.f, c.l);
+        for (int M : {20, 257}) {
+          MatrixF x = random_matrix(M, K, 34), y1(M, N), y2(M, N), y3(M, N);
+          ops::LinearOptions o = bf16_options();
+          o.activate = true;
+          {
+            ThreadGuard t(1);
+            ops::linear(x, W, bias.data(), y1, o);
+          }
+          {
+            ThreadGuard t(2);
+            ops::linear(x, W, bias.data(), y2, o);
+          }
+          {
+            ThreadGuard t(3);
+            ops::linear(x, W, bias.data(), y3, o);
+          }
+          EXPECT_TRUE(bit_equal(y1, y2)) << cname(c) << " K=" << K << " M=" << M << " mask=" << mask;
+          EXPECT_TRUE(bit_equal(y1, y3)) << cname(c) << " K=" << K << " M=" << M << " mask=" << mask;
+        }
+      }
+  }
+}
+
+TEST(Weights, GeluVectorizedAccuracy) {
+  double worst = 0;
+  float worst_x = 0;
+  std::vector<float> xs;
+  for (int i = -200000; i <= 200000; ++i) xs.push_back(float(i) * 5e-5f);  // [-10, 10]
+  std::mt19937 gen(35);
+  std::uniform_real_distribution<float> u(-10.f, 10.f);
+  for (int i = 0; i < 100000; ++i) xs.push_back(u(gen));
+  std::vector<float> v = xs;
+  ops::gelu_vectorized(v.data(), v.size());
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const float x = xs[i];
+    const float ref = 0.5f * x * (1.f + std::erf(x / std::sqrt(2.f)));
+    const double e = std::fabs(double(v[i]) - double(ref));
+    if (e > worst) {
+      worst = e;
+      worst_x = x;
+    }
+  }
+  std::printf("gelu_vectorized: max abs error %.3g at x = %.6g (|x| < 10)\n", worst, double(worst_x));
+  EXPECT_LE(worst, 1e-6);
+  // tails and specials
+  std::vector<float> sp{1e4f, -1e4f, 30.f, -30.f, std::numeric_limits<float>::infinity(), 0.f, -0.f,
+                        std::numeric_limits<float>::quiet_NaN()};
+  ops::gelu_vectorized(sp.data(), sp.size());
+  EXPECT_EQ(sp[0], 1e4f);
+  EXPECT_EQ(sp[1], 0.f);
+  EXPECT_EQ(sp[2], 30.f);
+  EXPECT_NEAR(sp[3], 0.f, 1e-30);
+  EXPECT_EQ(sp[4], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(sp[5], 0.f);
+  EXPECT_EQ(sp[6], 0.f);
+  EXPECT_TRUE(std::isnan(sp[7]));
+  // odd lengths (masked tails) agree with the full-vector result
+  for (std::size_t n : {1u, 7u, 16u, 17u, 33u}) {
+    std::vector<float> a(xs.begin() + 1000, xs.begin() + 1000 + static_cast<std::ptrdiff_t>(n));
+    ops::gelu_vectorized(a.data(), a.size());
+    for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(a[i], v[1000 + i]);
+  }
+}
+
+TEST(Weights, FusedActivationMatchesUnfused) {
+  const int K = 300, N = 70;
+  MatrixF w = random_matrix(N, K, 36, 0.2f);
+  std::vector<float> bias(static_cast<std::size_t>(N));
+  for (int n = 0; n < N; ++n) bias[static_cast<std::size_t>(n)] = 0.1f * float(n % 9) - 0.4f;
+  const ops::Activation acts[] = {ops::Activation::Gelu, ops::Activation::GeluTanh, ops::Activation::Silu,
+                                  ops::Activation::Relu};
+  for (int mode = 0; mode < 4; ++mode) {  // default, AMX off, AVX512-BF16 off, portable
+    IsaGuard g(mode == 1 ? unsigned(ops::kIsaAmx) : mode == 2 ? unsigned(ops::kIsaAmx | ops::kIsaAvx512Bf16) : 0u);
+    ScalarGuard sg(mode == 3);
+    for (const Config& c : kConfigs) {
+      WeightMatrix W(to_tensor(w), c.f, c.l);
+      for (ops::GemmCompute comp : {ops::GemmCompute::F32, ops::GemmCompute::BF16})
+        for (int M : {3, 40, 257})
+          for (ops::Activation a : acts) {
+            MatrixF x = random_matrix(M, K, unsigned(37 + M)), yf(M, N), yu(M, N);
+            ops::LinearOptions o;
+            o.compute = comp;
+            ops::linear(x, W, bias.data(), yu, o);
+            o.activate = true;
+            o.activation = a;
+            ops::linear(x, W, bias.data(), yf, o);
+            for (Eigen::Index m = 0; m < M; ++m) ops::activate<float>(a, yu.row(m).data(), std::size_t(N));
+            double worst = 0;
+            for (Eigen::Index i = 0; i < yu.size(); ++i) {
+              const double d = std::fabs(double(yf.data()[i]) - double(yu.data()[i]));
+              worst = std::max(worst, a == ops::Activation::Gelu ? d / (1e-6 + 2e-7 * std::fabs(yu.data()[i])) : d);
+            }
+            EXPECT_LE(worst, a == ops::Activation::Gelu ? 1.0 : 0.0)
+                << "mode " << mode << " " << cname(c) << " M=" << M << " act=" << int(a)
+                << " bf16=" << (comp == ops::GemmCompute::BF16);
+          }
+    }
+  }
+}
+
+TEST(Weights, PerCallComputeSelectionIsThreadSafe) {
+  const int K = 256, N = 96, M = 40;
+  MatrixF w = random_matrix(N, K, 38), x = random_matrix(M, K, 39);
+  for (const Config& c : kConfigs) {
+    if (c.f == WeightFormat::F32) continue;
+    WeightMatrix W(to_tensor(w), c.f, c.l);
+    ops::LinearOptions of, ob = bf16_options();
+    of.compute = ops::GemmCompute::F32;
+    MatrixF ref_f(M, N), ref_b(M, N);
+    ops::linear(x, W, nullptr, ref_f, of);
+    ops::linear(x, W, nullptr, ref_b, ob);
+    // the two regimes really differ (bf16-rounded activations)
+    EXPECT_FALSE(bit_equal(ref_f, ref_b)) << cname(c);
+    EXPECT_LE(worst_rel(ref_b, bf16_reference(x, W, nullptr)), kBf16GemmTol);
+    std::atomic<int> bad{0};
+    auto worker = [&](const ops::LinearOptions& o, const MatrixF& want) {
+      MatrixF y(M, N);
+      for (int i = 0; i < 200; ++i) {
+        ops::linear(x, W, nullptr, y, o);
+        if (!bit_equal(y, want)) ++bad;
+      }
+    };
+    std::thread t1(worker, std::cref(of), std::cref(ref_f)), t2(worker, std::cref(ob), std::cref(ref_b));
+    t1.join();
+    t2.join();
+    EXPECT_EQ(bad.load(), 0) << cname(c);
+    EXPECT_FALSE(ops::gemm_bf16_activations());  // the process-wide setting is untouched
+  }
 }

@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "instructblip/core/thread_pool.hpp"
+#include "weights_amx.hpp"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX2__)
 #define IB_W_AVX512 1
@@ -94,6 +95,12 @@ std::atomic<bool> g_gemm_bf16{false};
 bool use_avx512() { return !g_force_scalar.load() && !(g_disabled.load() & kIsaAvx512) && isa().avx512; }
 bool use_vnni() { return use_avx512() && !(g_disabled.load() & kIsaAvx512Vnni) && isa().vnni; }
 bool use_bf16() { return use_avx512() && !(g_disabled.load() & kIsaAvx512Bf16) && isa().bf16; }
+// AMX-BF16 GEMM (weights_amx.cpp; checks the CPU and requests the OS permission itself). It
+// converts with AVX512-BF16, so turning that (or AVX-512) off turns it off too.
+bool use_amx() {
+  return !g_force_scalar.load() && !(g_disabled.load() & (kIsaAvx512 | kIsaAvx512Bf16 | kIsaAmx)) &&
+         detail::amx_bf16_usable();
+}
 
 // An aligned scratch buffer (64-byte aligned through Tensor::empty).
 template <typename T>
@@ -465,7 +472,16 @@ struct GemvArgs {
   float* y;
   std::int64_t ldy;
   const float* bias;
+  const Activation* act;  // fused epilogue (after the bias), or null
 };
+
+void apply_activation(Activation a, float* p, std::int64_t n);
+
+// The fused epilogue on the block y[m0, m1) x [n0, n1) that a task has just finished.
+inline void activate_block(const GemvArgs& g, std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1) {
+  if (!g.act || n1 <= n0) return;
+  for (std::int64_t m = m0; m < m1; ++m) apply_activation(*g.act, g.y + m * g.ldy + n0, n1 - n0);
+}
 
 void gemv_portable(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qa, std::int64_t n0,
                    std::int64_t n1) {
@@ -555,6 +571,7 @@ void gemm_portable(const WeightMatrix& W, const GemvArgs& g, bool bf16) {
       auto yb = y.middleCols(n0, n1 - n0);
       yb.noalias() = xr * w.topRows(n1 - n0).transpose();
       if (g.bias) yb.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(g.bias + n0, n1 - n0);
+      activate_block(g, 0, g.M, n0, n1);
     }
   });
 }
@@ -1084,6 +1101,7 @@ void gemm_avx512(const WeightMatrix& W, const GemvArgs& g) {
         const std::uint32_t* a_next = ip + 1 < mpanels ? Ap.p + (ip + 1) * MR * AW + aoff * MR : Ap.p + aoff * MR;
         table[std::size_t(mr - 1)](kwn, a, B, g.y + ip * MR * g.ldy + n0, g.ldy, kb > 0,
                                    g.bias ? g.bias + n0 : nullptr, m0, m1, reinterpret_cast<const char*>(a_next));
+        if (kb + GEMM_KCW >= KW) activate_block(g, ip * MR, ip * MR + mr, n0, n0 + rows);
       }
     };
     if (mpanels <= 2) {
@@ -1141,13 +1159,17 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
   QuantAct qa;
   if (q) quantize_act(g.x, g.ldx, g.M, K, Kp, W.format() == WeightFormat::Q8_0 ? 128 : 8, simd, qa);
   if (!simd) {
-    parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) { gemv_portable(W, g, &qa, n0, n1); });
+    parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
+      gemv_portable(W, g, &qa, n0, n1);
+      activate_block(g, 0, g.M, n0, n1);
+    });
     return;
   }
 #ifdef IB_W_AVX512
   if (W.layout() == WeightLayout::Panels) {
     parallel_for(0, (N + 31) / 32, (grain + 31) / 32, [&](std::int64_t p0, std::int64_t p1) {
       for_row_groups(g.M, [&](auto mb, std::int64_t m0) { gemv_panels_avx512<decltype(mb)::value>(W, g, m0, p0, p1); });
+      activate_block(g, 0, g.M, p0 * 32, std::min(N, p1 * 32));
     });
     return;
   }
@@ -1156,6 +1178,7 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
       const auto* Wd = static_cast<const float*>(W.data());
       parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
         for_row_groups(g.M, [&](auto mb, std::int64_t m0) { gemv_f32_avx512<decltype(mb)::value>(Wd, g, m0, n0, n1); });
+        activate_block(g, 0, g.M, n0, n1);
       });
       return;
     }
@@ -1168,6 +1191,7 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
         for_row_groups(g.M, [&](auto mb, std::int64_t m0) {
           gemv_bf16_avx512<decltype(mb)::value>(Wd, g, xe.p, K32, m0, n0, n1);
         });
+        activate_block(g, 0, g.M, n0, n1);
       });
       return;
     }
@@ -1187,6 +1211,7 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
           if (q4) gemv_q_avx512<true, false, MB>(W, g, qa, m0, n0, n1);
           else gemv_q_avx512<false, false, MB>(W, g, qa, m0, n0, n1);
         });
+        activate_block(g, 0, g.M, n0, n1);
       });
       (void)vnni;
       return;
@@ -1195,15 +1220,98 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
 #endif
 }
 
-// Which M-large path a matrix takes: 0 portable, 1 f32 FMA, 2 widen (bf16 -> f32) FMA, 3 dpbf16.
-int gemm_path(const WeightMatrix& W) {
+// Which M-large path a matrix takes: 0 portable, 1 f32 FMA, 2 widen (bf16 -> f32) FMA, 3 dpbf16,
+// 4 AMX-BF16. bf16: the BF16-compute regime (ignored for F32 weights).
+int gemm_path(const WeightMatrix& W, bool bf16) {
+  if (W.format() != WeightFormat::F32 && bf16 && use_amx()) return 4;
   if (!use_avx512()) return 0;
   if (W.format() == WeightFormat::F32) return 1;
-  if (g_gemm_bf16.load()) return use_bf16() ? 3 : 0;
+  if (bf16) return use_bf16() ? 3 : 0;
   return W.format() == WeightFormat::BF16 ? 2 : 1;
 }
 
+bool resolve_bf16(GemmCompute c) {
+  return c == GemmCompute::Auto ? g_gemm_bf16.load() : c == GemmCompute::BF16;
+}
+
+// ---- vectorised activations (the fused epilogue and gelu_vectorized)
+#ifdef IB_W_AVX512
+// e^x, ~1 ulp (Cephes expf polynomial on x - n ln2, |r| <= ln2 / 2; scalef handles under- /
+// overflow).
+inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.f)), _mm512_set1_ps(88.7f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) with erfc(t) = s P(s) e^{-t^2}, s = 1 / (1 + p t)
+// (Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7), t = |x| / sqrt 2: h = 0.5 x erfc(t) is
+// x Phi(x) for x < 0 and x - x Phi(x) for x > 0, so both tails keep their relative accuracy.
+// |x| is clamped to 12 inside h so that no intermediate is subnormal (subnormal results cost a
+// microcode assist each - 30x slower on large activations); x * Phi(x) < 3e-32 beyond, so
+// x < -12 gives 0 (and -inf 0), x > 12 gives x exactly (+inf inf); NaN propagates.
+inline __m512 gelu_avx512(__m512 x) {
+  // (max / min return their second operand when one is NaN: x's NaN propagates)
+  const __m512 xc = _mm512_min_ps(_mm512_set1_ps(12.f), _mm512_max_ps(_mm512_set1_ps(-12.f), x));
+  const __m512 t = _mm512_mul_ps(_mm512_abs_ps(xc), _mm512_set1_ps(0.70710678118654752f));
+  const __m512 s = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(t, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.f)));
+  __m512 p = _mm512_set1_ps(1.061405429f);
+  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-1.453152027f));
+  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.421413741f));
+  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-0.284496736f));
+  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.254829592f));
+  p = _mm512_mul_ps(p, s);
+  const __m512 e = _mm512_mul_ps(p, exp_avx512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), t), t)));
+  const __m512 h = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), xc), e);
+  const __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+  const __mmask16 far_neg = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-12.f), _CMP_LT_OQ);
+  return _mm512_maskz_mov_ps(_knot_mask16(far_neg), _mm512_mask_sub_ps(h, pos, x, h));  // NaN: h is NaN
+}
+#endif
+
+void gelu_impl(float* x, std::int64_t n) {
+#ifdef IB_W_AVX512
+  if (use_avx512()) {
+    std::int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gelu_avx512(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+      const __mmask16 k = mask16(n - i);
+      _mm512_mask_storeu_ps(x + i, k, gelu_avx512(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+    return;
+  }
+#endif
+  gelu<float>(x, std::size_t(n));
+}
+
+void apply_activation(Activation a, float* p, std::int64_t n) {
+  switch (a) {
+    case Activation::Gelu: gelu_impl(p, n); return;
+    case Activation::Relu:
+      for (std::int64_t i = 0; i < n; ++i) p[i] = p[i] > 0.f ? p[i] : (p[i] == p[i] ? 0.f : p[i]);
+      return;
+    default: activate<float>(a, p, std::size_t(n)); return;
+  }
+}
+
+void amx_epilogue(float* y, std::int64_t n, const void* ctx) {
+  apply_activation(*static_cast<const Activation*>(ctx), y, n);
+}
+
 }  // namespace
+
+void gelu_vectorized(float* x, std::size_t n) { gelu_impl(x, std::int64_t(n)); }
+void activate_vectorized(Activation a, float* x, std::size_t n) { apply_activation(a, x, std::int64_t(n)); }
 
 void set_force_scalar(bool on) { g_force_scalar.store(on); }
 bool force_scalar() { return g_force_scalar.load(); }
@@ -1215,6 +1323,10 @@ void set_gemm_bf16_activations(bool on) { g_gemm_bf16.store(on); }
 bool gemm_bf16_activations() { return g_gemm_bf16.load(); }
 
 void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<float> y) {
+  linear(x, W, bias, y, LinearOptions{});
+}
+
+void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<float> y, const LinearOptions& options) {
   if (!W.defined()) throw InvalidArgument("linear: undefined WeightMatrix");
   if (x.cols() != W.cols() || y.rows() != x.rows() || y.cols() != W.rows())
     throw InvalidArgument("linear: x [" + std::to_string(x.rows()) + ", " + std::to_string(x.cols()) + "] W [" +
@@ -1223,17 +1335,28 @@ void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<fl
                           std::to_string(y.cols()) + "]");
   const std::int64_t M = x.rows(), N = W.rows(), K = W.cols();
   if (M == 0 || N == 0) return;
+  const Activation act = options.activation;
+  const Activation* actp = options.activate ? &act : nullptr;
   if (K == 0) {
-    for (std::int64_t m = 0; m < M; ++m)
+    for (std::int64_t m = 0; m < M; ++m) {
       for (std::int64_t n = 0; n < N; ++n) y(m, n) = bias ? bias[n] : 0.f;
+      if (actp) apply_activation(act, &y(m, 0), N);
+    }
     return;
   }
-  const GemvArgs g{x.data(), x.outerStride(), M, K, y.data(), y.outerStride(), bias};
+  const GemvArgs g{x.data(), x.outerStride(), M, K, y.data(), y.outerStride(), bias, actp};
   if (M <= gemv_max_rows()) {
     gemv(W, g);
     return;
   }
-  switch (gemm_path(W)) {
+  // Read the process-wide setting once: the whole call uses one regime.
+  const bool bf16 = resolve_bf16(options.compute) && W.format() != WeightFormat::F32;
+  switch (gemm_path(W, bf16)) {
+    case 4: {
+      const detail::AmxGemmArgs a{g.x, g.ldx, M, K, g.y, g.ldy, bias, actp ? &amx_epilogue : nullptr, actp};
+      detail::gemm_amx_bf16(W, a);
+      return;
+    }
 #ifdef IB_W_AVX512
     case 1: gemm_avx512<kGemmF32>(W, g); return;
     case 2: gemm_avx512<kGemmWiden>(W, g); return;
@@ -1243,7 +1366,7 @@ void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<fl
 #endif
     default: break;
   }
-  gemm_portable(W, g, g_gemm_bf16.load() && W.format() != WeightFormat::F32);
+  gemm_portable(W, g, bf16);
 }
 
 MatrixF linear(const In<float>& x, const WeightMatrix& W, const float* bias) {
@@ -1252,7 +1375,9 @@ MatrixF linear(const In<float>& x, const WeightMatrix& W, const float* bias) {
   return y;
 }
 
-std::string kernel_name(const WeightMatrix& W, std::int64_t M) {
+std::string kernel_name(const WeightMatrix& W, std::int64_t M) { return kernel_name(W, M, GemmCompute::Auto); }
+
+std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compute) {
   const bool panels = W.layout() == WeightLayout::Panels;
   const std::string lay = panels ? "(panels)" : "(row-major)";
   const char* fmt = weight_format_name(W.format());
@@ -1262,13 +1387,15 @@ std::string kernel_name(const WeightMatrix& W, std::int64_t M) {
       return std::string(use_vnni() ? "avx512vnni-dpbusd-" : "avx512bw-maddubs-") + fmt;
     return std::string(W.format() == WeightFormat::F32 ? "avx512-fma-gemv" : "avx512-widen-fma-gemv") + lay;
   }
-  switch (gemm_path(W)) {
+  const bool bf16 = resolve_bf16(compute) && W.format() != WeightFormat::F32;
+  switch (gemm_path(W, bf16)) {
     case 1: return std::string("avx512-fma-gemm") + (W.format() == WeightFormat::F32 ? lay : std::string("(") + fmt + "->f32)");
     case 2: return "avx512-widen-fma-gemm" + lay;
     case 3: return std::string("avx512bf16-dpbf16ps-gemm(") + fmt + (panels ? ",panels)" : ")");
+    case 4: return std::string("amx-bf16-tdpbf16ps-gemm(") + fmt + (panels ? ",panels)" : ")");
     default: break;
   }
-  return g_gemm_bf16.load() && W.format() != WeightFormat::F32 ? "eigen-gemm(bf16-rounded tiles)" : "eigen-gemm(f32 tiles)";
+  return bf16 ? "eigen-gemm(bf16-rounded tiles)" : "eigen-gemm(f32 tiles)";
 }
 
 std::string cpu_features() {
@@ -1287,17 +1414,20 @@ std::string cpu_features() {
 #if !defined(IB_W_AVX512)
   os << " portable";
 #endif
+  const bool amx = detail::amx_bf16_usable();
   os << " | cpu:" << (s.cpu_avx512 ? " avx512f/bw/vl" : "") << (s.cpu_vnni ? " avx512vnni" : "")
-     << (s.cpu_bf16 ? " avx512bf16" : "") << (s.cpu_avx2 ? " avx2" : "");
-  const bool a = use_avx512(), v = use_vnni(), b = use_bf16();
+     << (s.cpu_bf16 ? " avx512bf16" : "") << (s.cpu_avx2 ? " avx2" : "") << (amx ? " amx-bf16(os-enabled)" : "");
+  const bool a = use_avx512(), v = use_vnni(), b = use_bf16(), x = use_amx();
   os << " | M<=" << gemv_max_rows() << ": f32=" << (a ? "avx512-fma" : "portable")
      << " bf16=" << (a ? "avx512-widen-fma" : "portable")
      << " q8_0/q4_0=" << (v ? "avx512vnni-dpbusd" : a ? "avx512bw-maddubs" : "portable")
      << " | M>" << gemv_max_rows() << ": f32=" << (a ? "avx512-fma-gemm" : "eigen");
+  const char* bf16_kernel = x ? "amx-bf16-tdpbf16ps-gemm" : b ? "avx512bf16-dpbf16ps-gemm" : "eigen(bf16-rounded)";
   if (g_gemm_bf16.load())
-    os << " bf16/q8_0/q4_0=" << (b ? "avx512bf16-dpbf16ps-gemm" : "eigen(bf16-rounded)");
+    os << " bf16/q8_0/q4_0=" << bf16_kernel;
   else
-    os << " bf16=" << (a ? "avx512-widen-fma-gemm" : "eigen") << " q8_0/q4_0=" << (a ? "dequant-f32+avx512-fma-gemm" : "eigen");
+    os << " bf16=" << (a ? "avx512-widen-fma-gemm" : "eigen") << " q8_0/q4_0=" << (a ? "dequant-f32+avx512-fma-gemm" : "eigen")
+       << " (GemmCompute::BF16: " << bf16_kernel << ")";
   if (g_force_scalar.load()) os << " (forced portable)";
   return os.str();
 }

@@ -51,12 +51,16 @@
 //                        scale_w * scale_x * dot.
 //   Q8_0/Q4_0, M > thr:  float32 activations times the exact dequantised weights (dequantised
 //                        per call, 32 rows x one K block at a time), f32 accumulation.
-//   With set_gemm_bf16_activations(true), BF16 / Q8_0 / Q4_0 at M > thr instead round the
-//   activations and the (dequantised) weights to bf16 and use vdpbf16ps (AVX512-BF16) - on CPUs
-//   where vdpbf16ps runs at the f32 FMA rate or faster; on Sapphire Rapids it runs at half of it,
-//   so the default (widen to f32, FMA) is both faster and more accurate there.
+//   With GemmCompute::BF16 (per call through LinearOptions, or process-wide through
+//   set_gemm_bf16_activations(true) for GemmCompute::Auto), BF16 / Q8_0 / Q4_0 at M > thr
+//   instead round the activations and the (dequantised) weights to bf16 (nearest even) and
+//   accumulate in f32: on AMX tiles (tdpbf16ps; Sapphire Rapids and later, ~2-3x the f32 FMA
+//   kernels) when the CPU has AMX-BF16 and the OS grants the tile state, else with vdpbf16ps
+//   (AVX512-BF16; on Sapphire Rapids half the f32 FMA rate), else an exact emulation.
+//   F32 weights at M > thr use the own AVX-512 FMA GEMM (measured faster than Eigen here).
 // Every kernel computes each output element with the same operations whatever the thread count
 // (work is split by whole weight rows / 32-row panels), so 1 and N threads agree bit for bit.
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -64,6 +68,7 @@
 #include <vector>
 
 #include "instructblip/core/tensor.hpp"
+#include "instructblip/ops/activations.hpp"
 #include "instructblip/ops/linear.hpp"
 
 namespace instructblip::ops {
@@ -132,20 +137,54 @@ void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<fl
 /// Convenience overload returning a new matrix.
 MatrixF linear(const In<float>& x, const WeightMatrix& W, const float* bias = nullptr);
 
+/// Arithmetic of the matrix-matrix regime (M > gemv_max_rows()) of BF16 / Q8_0 / Q4_0 weights
+/// (F32 weights are always multiplied in float32).
+enum class GemmCompute : std::uint8_t {
+  Auto,  // the process-wide setting (set_gemm_bf16_activations)
+  F32,   // float32 activations times the exact (dequantised) weights, f32 accumulation
+  BF16,  // activations and weights rounded to bf16, f32 accumulation: AMX tiles when the CPU and
+         // the OS allow them, else vdpbf16ps, else an exact emulation (same rounding)
+};
+
+struct LinearOptions {
+  GemmCompute compute = GemmCompute::Auto;
+  /// Applies `activation` to y after the bias, fused into the product (each output block is
+  /// activated by the thread that computed it, while it is in cache).
+  bool activate = false;
+  Activation activation = Activation::Gelu;
+};
+
+/// linear() with options (see LinearOptions).
+void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<float> y, const LinearOptions& options);
+
+/// GELU with the exact erf, 0.5 x (1 + erf(x / sqrt 2)), in place, vectorised (AVX-512 when the
+/// build and the CPU have it; max abs error vs the float formula with std::erf <= 1e-6 for
+/// |x| < 10, relative error of x * Phi(x) ~1e-7 beyond), else std::erf. The kernel linear()
+/// fuses with LinearOptions{.activate = true, .activation = Gelu}.
+void gelu_vectorized(float* x, std::size_t n);
+/// Applies `a` in place: Gelu through gelu_vectorized, Relu vectorised, the others as activate().
+void activate_vectorized(Activation a, float* x, std::size_t n);
+
 /// Kernel selection. set_force_scalar(true) makes linear() use the portable paths only
 /// (plain C++ loops for M <= gemv_max_rows(); Eigen for larger M) - for tests and comparisons.
 void set_force_scalar(bool on);
 bool force_scalar();
 /// Test hook: turns off individual SIMD feature levels (bit-or of the flags below) even when the
 /// build and the CPU have them, e.g. kIsaAvx512Vnni to exercise the AVX-512BW integer kernels.
-enum : unsigned { kIsaAvx512 = 1u, kIsaAvx512Vnni = 2u, kIsaAvx512Bf16 = 4u };
+/// kIsaAmx turns off the AMX-BF16 GEMM only (the BF16-compute regime then uses vdpbf16ps);
+/// kIsaAvx512Bf16 / kIsaAvx512 turn off AMX too (it relies on them).
+enum : unsigned { kIsaAvx512 = 1u, kIsaAvx512Vnni = 2u, kIsaAvx512Bf16 = 4u, kIsaAmx = 8u };
 /// The kernel linear() would use for this matrix and M activation rows under the current
 /// settings, e.g. "avx512-fma-gemm(panels)" or "avx512vnni-dpbusd-q8_0" (for logs / benchmarks).
 std::string kernel_name(const WeightMatrix& W, std::int64_t M);
+/// The same for a given GemmCompute (Auto: the process-wide setting), e.g.
+/// "amx-bf16-tdpbf16ps-gemm(bf16,panels)".
+std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compute);
 void set_disabled_isa(unsigned mask);
 unsigned disabled_isa();
 /// M > gemv_max_rows() with BF16 / Q8_0 / Q4_0 weights: round activations and weights to bf16
-/// and use vdpbf16ps (true; needs AVX512-BF16, else emulated) instead of f32 FMA (false, default).
+/// (true; AMX tiles when the CPU and OS allow them, else vdpbf16ps, else emulated) instead of f32
+/// FMA (false, default). Process-wide default of GemmCompute::Auto; per call, pass LinearOptions.
 void set_gemm_bf16_activations(bool on);
 bool gemm_bf16_activations();
 /// Largest M that uses the streaming (matrix-vector) kernels; larger M uses the GEMM kernels.
