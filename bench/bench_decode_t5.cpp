@@ -8,7 +8,8 @@
 // the encoder has 1 block instead of 24 (it only runs in start()), and the cross-attention k/v
 // weights (read only by start() to build the cross K/V cache) share one buffer across blocks.
 //
-// Reports real time per step (= ms per token at batch 1) and the bandwidth of weights streamed.
+// Reports real time per step (= ms per token at batch 1) and the bandwidth of weights streamed, for
+// each weight format (f32 / bf16 / q8_0 / q4_0, converted from the random float32 weights at load).
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -71,8 +72,14 @@ Tensor random_weight(const std::string& name, const Shape& shape, std::uint64_t 
   return t;
 }
 
-const T5Model& model() {
-  static const std::unique_ptr<T5Model> m = [] {
+// One model at a time (format = ops::WeightFormat), to stay within the memory budget.
+const T5Model& model(ops::WeightFormat format) {
+  static std::unique_ptr<T5Model> m;
+  static int built = -1;
+  if (built == int(format)) return *m;
+  m.reset();
+  built = int(format);
+  m = [format] {
     std::map<Shape, Tensor> shared_cross_kv;  // one buffer for every block's EncDecAttention.k / .v
     std::uint64_t seed = 1;
     T5Model::WeightFn weights = [&](const std::string& name, const Shape& shape) {
@@ -85,13 +92,16 @@ const T5Model& model() {
       }
       return random_weight(name, shape, seed++);
     };
-    return std::make_unique<T5Model>(flan_t5_xl_decoder(), weights);
+    models::WeightPolicy policy;
+    policy.format = format;
+    return std::make_unique<T5Model>(flan_t5_xl_decoder(), weights, policy);
   }();
   return *m;
 }
 
 void BM_t5_xl_decode_step(benchmark::State& state) {
-  const T5Model& m = model();
+  const auto format = static_cast<ops::WeightFormat>(state.range(0));
+  const T5Model& m = model(format);
   const std::int64_t L = 40, cached = 4, D = m.hidden_size();
   Tensor embeds = Tensor::empty({1, L, D});
   fill_uniform(embeds.data<float>(), embeds.numel(), 1.0f, 0.0f, 99);
@@ -117,7 +127,15 @@ void BM_t5_xl_decode_step(benchmark::State& state) {
   state.counters["weight_GB/s"] = bytes * double(steps) / seconds * 1e-9;
   state.counters["weight_GB/step"] = bytes * 1e-9;
   state.counters["threads"] = num_threads();
+  state.SetLabel(std::string(ops::weight_format_name(format)) + " weights (wo: " +
+                 ops::weight_format_name(m.weight_policy().format_for(models::MatrixRole::T5FfnOut)) + ")");
 }
-BENCHMARK(BM_t5_xl_decode_step)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+// format: 0 f32, 1 bf16, 2 q8_0, 3 q4_0 (ops::WeightFormat; models::WeightPolicy per matrix)
+BENCHMARK(BM_t5_xl_decode_step)
+    ->ArgName("format")
+    ->DenseRange(0, 3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(2.0);
 
 }  // namespace

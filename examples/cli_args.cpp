@@ -64,6 +64,11 @@ Options parse_args(int argc, const char* const* argv) {
     else if (a == "--top-p") o.top_p = parse_float(a, value(), 0.0, 1.0);
     else if (a == "--seed") o.seed = std::uint64_t(parse_int(a, value(), 0, std::numeric_limits<std::int64_t>::max()));
     else if (a == "--threads") o.threads = int(parse_int(a, value(), 1, 1024));
+    else if (a == "--weights") {
+      o.weights = value();
+      if (o.weights != "f32" && o.weights != "bf16" && o.weights != "q8_0" && o.weights != "q4_0")
+        throw UsageError("--weights must be f32, bf16, q8_0 or q4_0, got '" + o.weights + "'");
+    }
     else if (a == "--json") o.json = true;
     else if (a == "--dump") o.dump_path = value();
     else if (a == "--quiet" || a == "-q") o.quiet = true;
@@ -105,6 +110,8 @@ std::string usage(const std::string& program) {
          "  --dump FILE               write inputs and stage outputs as safetensors (compare with transformers)\n"
          "  --quiet                   no progress or timings on stderr\n"
          "  --threads N               worker threads (default: all cores)\n"
+         "  --weights FMT             keep the weight matrices as f32 (transformers' numerics), bf16, q8_0\n"
+         "                            or q4_0 (8 / 4-bit blocks); default: as the checkpoint records, else f32\n"
          "  --help, --version\n"
          "\n"
          "exit status: 0 success, 1 runtime error (files, model, image), 2 usage error\n";

@@ -26,6 +26,7 @@ struct Options {
   std::optional<std::uint64_t> seed;
   bool do_sample = false;
   int threads = 0;  // 0: all cores
+  std::string weights;  // "", "f32", "bf16", "q8_0" or "q4_0" ("": the checkpoint's format)
   bool json = false;
   std::string dump_path;
   bool quiet = false;

@@ -2,6 +2,8 @@
 // checkpoint in HuggingFace layout. Thin: parse the arguments, call the library, print.
 #include <instructblip/instructblip.hpp>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -11,6 +13,13 @@
 #include "cli_args.hpp"
 
 namespace {
+
+/// Peak resident set size of this process so far, in MB (Linux reports ru_maxrss in KiB).
+double peak_rss_mb() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) * 1024.0 / 1e6;
+}
 
 using namespace instructblip;
 using Clock = std::chrono::steady_clock;
@@ -84,10 +93,15 @@ int run(const cli::Options& o) {
   lo.progress = [&](const std::string& file, std::size_t bytes, std::size_t i, std::size_t n) {
     log("instructblip-generate: mapped %s (%.1f MB) [%zu/%zu]\n", file.c_str(), double(bytes) / 1e6, i + 1, n);
   };
+  if (!o.weights.empty()) {
+    ops::WeightFormat f;
+    ops::parse_weight_format(o.weights, &f);
+    lo.weights = f;
+  }
   auto model = InstructBlipForConditionalGeneration::from_pretrained(o.model_dir, lo);
   const double load_ms = ms_since(tl);
-  log("instructblip-generate: loaded %s (%s language model) in %.0f ms\n", o.model_dir.c_str(),
-      model.config().text_model_type().c_str(), load_ms);
+  log("instructblip-generate: loaded %s (%s language model, %s weights) in %.0f ms\n", o.model_dir.c_str(),
+      model.config().text_model_type().c_str(), ops::weight_format_name(model.weight_format()), load_ms);
 
   const GenerationConfig gen = generation_config(model.generation_config(), o);
   const bool stream = !o.json && images.size() == 1 && gen.num_beams == 1 && gen.num_return_sequences == 1;
@@ -132,6 +146,8 @@ int run(const cli::Options& o) {
     nlohmann::json j;
     j["sequences"] = out.sequences;
     j["texts"] = texts;
+    j["weights"] = ops::weight_format_name(model.weight_format());
+    j["peak_rss_mb"] = peak_rss_mb();
     j["timings_ms"] = {{"load", load_ms},
                        {"preprocess", preprocess_ms},
                        {"vision", tm.vision_ms},
@@ -152,9 +168,9 @@ int run(const cli::Options& o) {
   }
   std::fflush(stdout);
   log("instructblip-generate: load %.0f ms | preprocess %.0f ms | vision %.0f ms | qformer %.0f ms | prefill %.0f ms"
-      " | decode %lld tokens, %.1f ms/token | total %.0f ms\n",
+      " | decode %lld tokens, %.1f ms/token | total %.0f ms | peak RSS %.0f MB\n",
       load_ms, preprocess_ms, tm.vision_ms, tm.qformer_ms, tm.prefill_ms, static_cast<long long>(tm.decode_steps),
-      tm.decode_ms_per_token(), total_ms);
+      tm.decode_ms_per_token(), total_ms, peak_rss_mb());
   return 0;
 }
 

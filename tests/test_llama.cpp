@@ -242,7 +242,7 @@ TEST(LlamaReference, ForwardAndFirstStepDifferOnLeftPaddedRow) {
 TEST(LlamaReference, Bf16WeightStorageMatches) {
   // llama-tiny is stored in bf16: keeping it in bf16 gives the same values as the f32 model.
   LlamaOptions opt;
-  opt.weight_dtype = DType::BF16;
+  opt.weights.format = ops::WeightFormat::BF16;
   LlamaModel m(Fixture::get().cfg, Fixture::get().ckpt, "language_model.", opt);
   EXPECT_EQ(m.decode_weight_bytes() * 2, tiny_model().decode_weight_bytes());
   LmInput in = lm_input(m, "b");
@@ -377,7 +377,7 @@ TEST(LlamaModelApi, RejectsRopeScalingAndMissingHead) {
   // Same map with the head present loads (in-memory constructor, bf16 tensors shared).
   w["language_model.lm_head.weight"] = Fixture::get().ckpt.get("language_model.lm_head.weight");
   LlamaOptions opt;
-  opt.weight_dtype = DType::BF16;
+  opt.weights.format = ops::WeightFormat::BF16;
   EXPECT_NO_THROW(LlamaModel(Fixture::get().cfg, w, "language_model.", opt));
 }
 
@@ -489,7 +489,7 @@ TEST(LlamaTiedGqa, StepByStepEqualsForward) {
 
   // bf16 storage of an f32 checkpoint: rounded weights, but decoding and forward still agree.
   LlamaOptions opt;
-  opt.weight_dtype = DType::BF16;
+  opt.weights.format = ops::WeightFormat::BF16;
   LlamaModel mb(c, ck, "language_model.", opt);
   EXPECT_LT(decode_vs_forward(mb, ids, B, T, 4), 1e-4);
 }

@@ -1,8 +1,14 @@
 #include "instructblip/io/checkpoint.hpp"
 
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <regex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -124,6 +130,96 @@ Tensor Checkpoint::get_f32(const std::string& name, const Shape& expected) const
     throw TensorError("tensor '" + name + "' in " + file_of(name) + " has integer dtype " + dtype_name(t.dtype()) +
                       ", expected a floating-point weight");
   return t.to(DType::F32);
+}
+
+std::map<std::string, std::string> Checkpoint::metadata() const {
+  std::map<std::string, std::string> out;
+  for (const auto& f : files_)
+    for (const auto& kv : f->metadata()) out.insert(kv);
+  return out;
+}
+
+void Checkpoint::release_pages() const {
+  for (const auto& f : files_) f->release_pages();
+}
+
+void Checkpoint::release_pages(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it != where_.end()) it->second->release_pages(name);
+}
+
+namespace {
+
+void make_dirs(const std::string& dir) {
+  std::string cur;
+  std::size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    cur = dir.substr(0, pos);
+    if (cur.empty() || is_dir(cur)) continue;
+    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+      throw IoError(cur + ": cannot create directory: " + std::strerror(errno));
+  }
+  if (!is_dir(dir)) throw IoError(dir + ": not a directory");
+}
+
+void remove_weight_files(const std::string& dir) {
+  static const std::regex shard(R"(model-\d+-of-\d+\.safetensors)");
+  std::vector<std::string> victims;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (n == "model.safetensors" || n == "model.safetensors.index.json" || std::regex_match(n, shard))
+        victims.push_back(join(dir, n));
+    }
+    ::closedir(d);
+  }
+  for (const std::string& v : victims)
+    if (::unlink(v.c_str()) != 0) throw IoError(v + ": cannot remove: " + std::strerror(errno));
+}
+
+std::string shard_name(std::size_t i, std::size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+  return buf;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                     const std::map<std::string, std::string>& metadata, std::size_t max_shard_bytes) {
+  make_dirs(dir);
+  remove_weight_files(dir);
+  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+  std::size_t in_shard = 0, total = 0;
+  for (const auto& t : tensors) {
+    const std::size_t b = t.second.nbytes();
+    if (in_shard > 0 && in_shard + b > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += b;
+    total += b;
+  }
+  if (shards.size() == 1) {
+    save_safetensors(join(dir, "model.safetensors"), shards[0], metadata);
+    return;
+  }
+  nlohmann::ordered_json index;
+  index["metadata"] = {{"total_size", total}};
+  nlohmann::ordered_json map = nlohmann::ordered_json::object();
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    const std::string name = shard_name(i, shards.size());
+    save_safetensors(join(dir, name), shards[i], metadata);
+    for (const auto& t : shards[i]) map[t.first] = name;
+  }
+  index["weight_map"] = map;
+  const std::string path = join(dir, "model.safetensors.index.json");
+  std::ofstream f(path, std::ios::trunc);
+  if (!f) throw IoError(path + ": cannot open for writing");
+  f << index.dump(2) << "\n";
+  if (!f) throw IoError(path + ": write failed");
 }
 
 }  // namespace instructblip::io

@@ -67,7 +67,25 @@ std::uint64_t as_u64(const nlohmann::json& v, const std::string& file, const std
 
 SafeTensors SafeTensors::open(const std::string& path, const SafeTensorsLimits& limits) {
   auto mapped = MappedFile::open(path);
-  return from_buffer(mapped->data(), mapped->size(), path, mapped, limits);
+  SafeTensors st = from_buffer(mapped->data(), mapped->size(), path, mapped, limits);
+  st.map_begin_ = mapped->data();
+  st.map_size_ = mapped->size();
+  return st;
+}
+
+void SafeTensors::release_pages() const {
+  if (map_begin_ && map_size_) ::madvise(const_cast<std::uint8_t*>(map_begin_), map_size_, MADV_DONTNEED);
+}
+
+void SafeTensors::release_pages(const std::string& name) const {
+  if (!map_begin_) return;
+  auto it = infos_.find(name);
+  if (it == infos_.end()) return;
+  const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+  const std::uintptr_t b = reinterpret_cast<std::uintptr_t>(data_block_ + it->second.begin);
+  const std::uintptr_t e = reinterpret_cast<std::uintptr_t>(data_block_ + it->second.end);
+  const std::uintptr_t pb = (b + page - 1) / page * page, pe = e / page * page;  // whole pages inside
+  if (pe > pb) ::madvise(reinterpret_cast<void*>(pb), pe - pb, MADV_DONTNEED);
 }
 
 SafeTensors SafeTensors::from_buffer(const std::uint8_t* data, std::size_t size, const std::string& name,

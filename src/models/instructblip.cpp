@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
@@ -15,6 +16,8 @@ namespace instructblip {
 
 namespace {
 
+constexpr const char* kWeightsMetadataKey = "instructblip.weights";
+
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
@@ -23,6 +26,21 @@ double ms_since(Clock::time_point t) {
 bool file_exists(const std::string& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa {}, sb {};
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) throw IoError(from + ": cannot open");
+  std::ofstream out(to, std::ios::binary | std::ios::trunc);
+  if (!out) throw IoError(to + ": cannot open for writing");
+  out << in.rdbuf();
+  if (!out) throw IoError(to + ": write failed");
 }
 
 Tensor ones_like_ids(const Tensor& ids) {
@@ -160,6 +178,8 @@ struct InstructBlipForConditionalGeneration::Impl {
   std::unique_ptr<models::QueryProjector> projector;
   std::unique_ptr<models::LanguageModel> lm;
   GenerationLimits limits;
+  ops::WeightFormat weight_format = ops::WeightFormat::F32;
+  std::string source_dir;
 
   struct Prompt {
     Tensor embeds, mask;
@@ -178,13 +198,17 @@ struct InstructBlipForConditionalGeneration::Impl {
   /// Every checkpoint tensor is bound by a part, or is a known alias / dropped buffer.
   void check_all_tensors_bound(const std::string& dir) const {
     std::set<std::string> bound;
-    for (const auto& s : models::VisionModel::tensor_specs(config.vision_config, "vision_model.")) bound.insert(s.first);
-    for (const auto& s : models::QFormer::tensor_specs(config.qformer_config, "qformer.")) bound.insert(s.first);
-    for (const auto& s : models::QueryProjector::tensor_specs(config, "")) bound.insert(s.first);
+    auto add = [&bound](const std::string& name) {
+      // A matrix may be stored quantised: "<name>.q8_0" + "<name>.q8_0_scale" + "<name>.shape".
+      for (const std::string& n : models::matrix_storage_names(name)) bound.insert(n);
+    };
+    for (const auto& s : models::VisionModel::tensor_specs(config.vision_config, "vision_model.")) add(s.first);
+    for (const auto& s : models::QFormer::tensor_specs(config.qformer_config, "qformer.")) add(s.first);
+    for (const auto& s : models::QueryProjector::tensor_specs(config, "")) add(s.first);
     const std::vector<std::string>& lm_names =
         config.is_t5() ? static_cast<const models::T5Model&>(*lm).bound_tensor_names()
                        : static_cast<const models::LlamaModel&>(*lm).bound_tensor_names();
-    bound.insert(lm_names.begin(), lm_names.end());
+    for (const std::string& n : lm_names) add(n);
 
     std::map<std::string, std::string> aliases;  // alias -> the weight it is tied to
     if (config.is_t5()) {
@@ -290,16 +314,35 @@ InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_
     const GenerationConfig file = GenerationConfig::from_json_file(gen_path);
     impl->generation_config = impl->generation_config.merged_with(file.to_json(), gen_path);
   }
+  impl->source_dir = dir;
   impl->checkpoint = io::Checkpoint::open(dir, options.progress);
   const auto& ck = impl->checkpoint;
-  impl->vision = std::make_unique<models::VisionModel>(impl->config.vision_config, ck, "vision_model.");
-  impl->qformer = std::make_unique<models::QFormer>(impl->config.qformer_config, ck, "qformer.");
-  impl->projector = std::make_unique<models::QueryProjector>(impl->config, ck, "");
-  if (impl->config.is_t5())
-    impl->lm = std::make_unique<models::T5Model>(impl->config.t5(), ck, "language_model.");
-  else
-    impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), ck, "language_model.");
+  models::WeightPolicy policy;
+  if (options.weights) {
+    policy.format = *options.weights;
+  } else {
+    const auto& meta = ck.metadata();
+    auto it = meta.find(kWeightsMetadataKey);
+    if (it != meta.end() && !ops::parse_weight_format(it->second, &policy.format))
+      throw FormatError(dir + ": unknown weight format '" + it->second + "' in the safetensors metadata key " +
+                        kWeightsMetadataKey + " (expected f32, bf16, q8_0 or q4_0)");
+  }
+  impl->weight_format = policy.format;
+  const models::WeightSource source = models::WeightSource::from_checkpoint(ck);
+  impl->vision = std::make_unique<models::VisionModel>(impl->config.vision_config, source, "vision_model.", policy);
+  impl->qformer = std::make_unique<models::QFormer>(impl->config.qformer_config, source, "qformer.", policy);
+  impl->projector = std::make_unique<models::QueryProjector>(impl->config, source, "");
+  if (impl->config.is_t5()) {
+    impl->lm = std::make_unique<models::T5Model>(impl->config.t5(), source, "language_model.", policy);
+  } else {
+    models::LlamaOptions lo;
+    lo.weights = policy;
+    impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), ck, "language_model.", lo);
+  }
   impl->check_all_tensors_bound(dir);
+  // Converted weights live in their own buffers now: let the kernel drop the mapped pages the
+  // conversion read (they are re-read from the file should a view still use them).
+  if (policy.format != ops::WeightFormat::F32) impl->checkpoint.release_pages();
   return InstructBlipForConditionalGeneration(std::move(impl));
 }
 
@@ -315,6 +358,30 @@ const models::QueryProjector& InstructBlipForConditionalGeneration::query_projec
 }
 const models::LanguageModel& InstructBlipForConditionalGeneration::language_model() const { return *impl_->lm; }
 const GenerationLimits& InstructBlipForConditionalGeneration::limits() const { return impl_->limits; }
+ops::WeightFormat InstructBlipForConditionalGeneration::weight_format() const { return impl_->weight_format; }
+
+void InstructBlipForConditionalGeneration::save_pretrained(const std::string& dir, std::size_t max_shard_bytes) const {
+  const Impl& m = *impl_;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  auto append = [&tensors](std::vector<std::pair<std::string, Tensor>> part) {
+    for (auto& t : part) tensors.push_back(std::move(t));
+  };
+  append(m.vision->named_weights("vision_model."));
+  append(m.qformer->named_weights("qformer."));
+  append(m.projector->named_weights(""));
+  if (m.config.is_t5())
+    append(static_cast<const models::T5Model&>(*m.lm).named_weights("language_model."));
+  else
+    append(static_cast<const models::LlamaModel&>(*m.lm).named_weights("language_model."));
+  const std::map<std::string, std::string> metadata{{"format", "pt"},
+                                                    {kWeightsMetadataKey, ops::weight_format_name(m.weight_format)}};
+  io::save_checkpoint(dir, tensors, metadata, max_shard_bytes);
+  // The configs are the loaded files, byte for byte (quantisation changes no setting).
+  for (const char* name : {"config.json", "generation_config.json"}) {
+    const std::string from = m.source_dir + "/" + name, to = dir + "/" + name;
+    if (file_exists(from) && !same_file(from, to)) copy_file(from, to);
+  }
+}
 
 InstructBlipForConditionalGeneration::ForwardOutput InstructBlipForConditionalGeneration::forward(
     const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,

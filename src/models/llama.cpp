@@ -24,13 +24,6 @@ constexpr float kMaskMin = std::numeric_limits<float>::lowest();
 
 using RowVectorF = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 
-/// A projection in HF layout: weight [N, K] (float32 or bfloat16), optional float32 bias [N].
-struct Dense {
-  Tensor w;
-  Tensor bias;
-  std::int64_t N = 0, K = 0;
-};
-
 inline void bf16_to_f32_run(const std::uint16_t* src, float* dst, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) {
     const std::uint32_t u = std::uint32_t(src[i]) << 16;
@@ -38,153 +31,15 @@ inline void bf16_to_f32_run(const std::uint16_t* src, float* dst, std::int64_t n
   }
 }
 
-inline float bf16f(std::uint16_t h) { return bf16_to_f32(h); }
-
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-using VecF = __m512;
-inline VecF vzero() { return _mm512_setzero_ps(); }
-inline VecF vload(const float* p) { return _mm512_loadu_ps(p); }
-inline VecF vload_bf16(const std::uint16_t* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-inline VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
-inline float vsum(VecF v) { return _mm512_reduce_add_ps(v); }
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kLanes = 8;
-using VecF = __m256;
-inline VecF vzero() { return _mm256_setzero_ps(); }
-inline VecF vload(const float* p) { return _mm256_loadu_ps(p); }
-inline VecF vload_bf16(const std::uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-inline VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
-inline float vsum(VecF v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#else
-constexpr int kLanes = 0;  // portable scalar path
-#endif
-
-/// out[m * NR + r] = dot(x row m, bf16 weight row r), for MR x rows (stride ldx) and NR weight
-/// rows (stride K): weights are widened in registers and read once for all MR rows.
-template <int MR, int NR>
-void bf16_micro(const float* x, std::int64_t ldx, const std::uint16_t* w, std::int64_t K, float* out) {
-  std::int64_t k = 0;
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-  VecF acc[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) acc[m][r] = vzero();
-  for (; k + kLanes <= K; k += kLanes) {
-    VecF wv[NR];
-    for (int r = 0; r < NR; ++r) wv[r] = vload_bf16(w + r * K + k);
-    for (int m = 0; m < MR; ++m) {
-      const VecF xv = vload(x + m * ldx + k);
-      for (int r = 0; r < NR; ++r) acc[m][r] = vfma(xv, wv[r], acc[m][r]);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) out[m * NR + r] = vsum(acc[m][r]);
-#else
-  for (int i = 0; i < MR * NR; ++i) out[i] = 0.0f;
-#endif
-  for (; k < K; ++k)
-    for (int r = 0; r < NR; ++r) {
-      const float wv = bf16f(w[r * K + k]);
-      for (int m = 0; m < MR; ++m) out[m * NR + r] += x[m * ldx + k] * wv;
-    }
-}
-
-template <int NR>
-void bf16_micro_m(int mr, const float* x, std::int64_t ldx, const std::uint16_t* w, std::int64_t K, float* out) {
-  switch (mr) {
-    case 1: bf16_micro<1, NR>(x, ldx, w, K, out); return;
-    case 2: bf16_micro<2, NR>(x, ldx, w, K, out); return;
-    case 3: bf16_micro<3, NR>(x, ldx, w, K, out); return;
-    default: bf16_micro<4, NR>(x, ldx, w, K, out); return;
-  }
-}
-
-/// y[M, N] = x[M, K] W^T (+ b). bf16 weights: for a few rows (decoding, beams) a fused kernel
-/// widens the weights in registers, so they are streamed from memory once as bf16; for more rows
-/// (prefill) blocks of rows are widened into a small float32 buffer and multiplied with Eigen.
-/// Either way the products are float32 products of the exactly widened weights.
-void dense(const Dense& d, const float* x, std::int64_t M, float* y) {
-  ConstMatrixMap<float> X(x, M, d.K);
-  MatrixMap<float> Y(y, M, d.N);
-  const float* b = d.bias.defined() ? d.bias.data<float>() : nullptr;
-  if (d.w.dtype() == DType::F32) {
-    ops::linear<float>(X, ConstMatrixMap<float>(d.w.data<float>(), d.N, d.K), b, Y);
-    return;
-  }
-  const auto* W = static_cast<const std::uint16_t*>(d.w.raw());
-  const std::int64_t N = d.N, K = d.K;
-  const std::int64_t work = M * N * K;
-  if (M <= 8) {
-    const std::int64_t grain = work < (1 << 16) ? N : 64;
-    parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
-      float out[4 * 4];
-      for (std::int64_t n = n0; n < n1; n += 4) {
-        const int nr = int(std::min<std::int64_t>(4, n1 - n));
-        for (std::int64_t m0 = 0; m0 < M; m0 += 4) {
-          const int mr = int(std::min<std::int64_t>(4, M - m0));
-          const float* xm = x + m0 * K;
-          const std::uint16_t* wn = W + n * K;
-          switch (nr) {
-            case 1: bf16_micro_m<1>(mr, xm, K, wn, K, out); break;
-            case 2: bf16_micro_m<2>(mr, xm, K, wn, K, out); break;
-            case 3: bf16_micro_m<3>(mr, xm, K, wn, K, out); break;
-            default: bf16_micro_m<4>(mr, xm, K, wn, K, out); break;
-          }
-          for (int m = 0; m < mr; ++m)
-            for (int r = 0; r < nr; ++r) y[(m0 + m) * N + n + r] = out[m * nr + r] + (b ? b[n + r] : 0.0f);
-        }
-      }
-    });
-    return;
-  }
-  const std::int64_t block = std::clamp<std::int64_t>((std::int64_t(1) << 16) / std::max<std::int64_t>(K, 1), 4, 1024);
-  const std::int64_t grain = work < (1 << 16) ? N : block;
-  parallel_for(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
-    RowMatrix<float> buf(std::min(block, n1 - n0), K);
-    for (std::int64_t r0 = n0; r0 < n1; r0 += block) {
-      const std::int64_t rb = std::min(block, n1 - r0);
-      for (std::int64_t r = 0; r < rb; ++r) bf16_to_f32_run(W + (r0 + r) * K, buf.row(r).data(), K);
-      auto yb = Y.middleCols(r0, rb);
-      yb.noalias() = X * buf.topRows(rb).transpose();
-      if (b) yb.rowwise() += Eigen::Map<const RowVectorF>(b + r0, rb);
-    }
-  });
+/// y[M, N] = x[M, K] W^T (+ b) through the layer's WeightMatrix.
+void dense(const Linear& d, const float* x, std::int64_t M, float* y) {
+  d(ConstMatrixMap<float>(x, M, d.in_features()), MatrixMap<float>(y, M, d.out_features()));
 }
 
 struct Layer {
   Tensor input_norm, post_norm;  // float32 [H]
-  Dense q, k, v, o, gate, up, down;
+  Linear q, k, v, o, gate, up, down;
 };
-
-/// Where weights come from (a checkpoint or an in-memory map): tensor by name, in its stored dtype,
-/// shape checked; a missing tensor is a TensorError naming it.
-struct Source {
-  std::function<Tensor(const std::string&, const Shape&)> get;
-};
-
-void check_float(const Tensor& t, const std::string& name) {
-  if (t.dtype() != DType::F32 && t.dtype() != DType::F16 && t.dtype() != DType::BF16)
-    throw TensorError("tensor '" + name + "' has dtype " + dtype_name(t.dtype()) +
-                      ", expected a floating-point weight (F32, F16 or BF16)");
-}
-
-Tensor to_storage(const Tensor& t, DType want) {
-  Tensor r = t.to(want);
-  // bf16 data must be 2-byte aligned for the uint16 reads; a mapped file normally is.
-  if (reinterpret_cast<std::uintptr_t>(r.raw()) % dtype_size(want) != 0) r = r.clone();
-  return r;
-}
 
 void check_mask(const Tensor& mask, std::int64_t B, std::int64_t L, const char* what) {
   if (mask.dtype() != DType::I64 || mask.ndim() != 2 || mask.dim(0) != B || mask.dim(1) != L)
@@ -208,8 +63,8 @@ struct LlamaModel::Impl {
   float eps = 1e-6f;
   float theta = 10000.0f;
   ops::Activation act = ops::Activation::Silu;
-  Tensor embed;   // [V, H] F32 or BF16
-  Dense lm_head;  // aliases embed when tied
+  Tensor embed;    // [V, H] F32 (f32 weights) or BF16
+  Linear lm_head;  // built from embed when tied
   Tensor norm;    // [H] F32
   std::vector<Layer> layers;
   std::vector<std::string> bound;  // names looked up at load, in order
@@ -220,7 +75,7 @@ struct LlamaModel::Impl {
     std::vector<std::vector<float>> k, v;
   };
 
-  void load(const Source& src, const std::string& prefix);
+  void load(const WeightSource& src, const std::string& prefix);
   void embed_rows(const std::int64_t* ids, std::int64_t n, float* out) const;
   /// Runs the decoder layers on T new positions of each of the B rows held in `h` ([B*T, H], in
   /// place). Keys/values are written to `cache` at positions [past, past + T); row b attends to
@@ -269,7 +124,7 @@ Tensor LlamaState::attention_mask() const {
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-void LlamaModel::Impl::load(const Source& src, const std::string& prefix) {
+void LlamaModel::Impl::load(const WeightSource& src, const std::string& prefix) {
   const std::string where = "LlamaConfig";
   cfg.validate(where);
   if (cfg.rope_scaling)
@@ -291,39 +146,29 @@ void LlamaModel::Impl::load(const Source& src, const std::string& prefix) {
   } catch (const InvalidArgument& e) {
     throw ConfigError(where + ": hidden_act: " + e.what());
   }
-  if (opt.weight_dtype != DType::F32 && opt.weight_dtype != DType::BF16)
-    throw InvalidArgument(std::string("LlamaOptions.weight_dtype must be F32 or BF16, got ") +
-                          dtype_name(opt.weight_dtype));
-
+  const WeightPolicy& policy = opt.weights;
+  WeightVisitor v = WeightVisitor::loader(src, policy);
   auto f32 = [&](const std::string& name, const Shape& shape) {
     bound.push_back(prefix + name);
-    Tensor t = src.get(prefix + name, shape);
-    check_float(t, prefix + name);
-    return to_storage(t, DType::F32);
+    return src.f32(prefix + name, shape);
   };
-  auto mat = [&](const std::string& name, const Shape& shape) {
-    bound.push_back(prefix + name);
-    Tensor t = src.get(prefix + name, shape);
-    check_float(t, prefix + name);
-    return to_storage(t, opt.weight_dtype);
-  };
-  auto dense_w = [&](const std::string& name, std::int64_t N, std::int64_t K, bool bias) {
-    Dense d;
-    d.N = N;
-    d.K = K;
-    d.w = mat(name + ".weight", {N, K});
-    if (bias) d.bias = f32(name + ".bias", {N});
+  auto dense_w = [&](const std::string& name, std::int64_t N, std::int64_t K, bool bias, MatrixRole role) {
+    Linear d;
+    bound.push_back(prefix + name + ".weight");
+    v.matrix(prefix + name + ".weight", {N, K}, d, role);
+    if (bias) d.b = f32(name + ".bias", {N});
     return d;
   };
 
-  embed = mat("model.embed_tokens.weight", {V, H});
+  bound.push_back(prefix + "model.embed_tokens.weight");
+  embed = src.f32(prefix + "model.embed_tokens.weight", {V, H});
+  if (policy.format != ops::WeightFormat::F32) embed = embed.to(DType::BF16);  // exact for bf16 checkpoints
   norm = f32("model.norm.weight", {H});
   if (cfg.tie_word_embeddings) {
-    lm_head.N = V;
-    lm_head.K = H;
-    lm_head.w = embed;
+    lm_head.w = ops::WeightMatrix(embed, policy.format_for(MatrixRole::OutputHead));
+    lm_head.compute = policy.compute_for(MatrixRole::OutputHead);
   } else {
-    lm_head = dense_w("lm_head", V, H, false);
+    lm_head = dense_w("lm_head", V, H, false, MatrixRole::OutputHead);
   }
   layers.resize(std::size_t(cfg.num_hidden_layers));
   const bool ab = cfg.attention_bias;
@@ -332,13 +177,13 @@ void LlamaModel::Impl::load(const Source& src, const std::string& prefix) {
     Layer& L = layers[std::size_t(l)];
     L.input_norm = f32(p + "input_layernorm.weight", {H});
     L.post_norm = f32(p + "post_attention_layernorm.weight", {H});
-    L.q = dense_w(p + "self_attn.q_proj", nh * hd, H, ab);
-    L.k = dense_w(p + "self_attn.k_proj", kvdim, H, ab);
-    L.v = dense_w(p + "self_attn.v_proj", kvdim, H, ab);
-    L.o = dense_w(p + "self_attn.o_proj", H, nh * hd, ab);
-    L.gate = dense_w(p + "mlp.gate_proj", I, H, false);
-    L.up = dense_w(p + "mlp.up_proj", I, H, false);
-    L.down = dense_w(p + "mlp.down_proj", H, I, false);
+    L.q = dense_w(p + "self_attn.q_proj", nh * hd, H, ab, MatrixRole::Text);
+    L.k = dense_w(p + "self_attn.k_proj", kvdim, H, ab, MatrixRole::Text);
+    L.v = dense_w(p + "self_attn.v_proj", kvdim, H, ab, MatrixRole::Text);
+    L.o = dense_w(p + "self_attn.o_proj", H, nh * hd, ab, MatrixRole::Text);
+    L.gate = dense_w(p + "mlp.gate_proj", I, H, false, MatrixRole::Text);
+    L.up = dense_w(p + "mlp.up_proj", I, H, false, MatrixRole::Text);
+    L.down = dense_w(p + "mlp.down_proj", H, I, false, MatrixRole::Text);
   }
 }
 
@@ -347,9 +192,7 @@ LlamaModel::LlamaModel(const LlamaConfig& config, const io::Checkpoint& checkpoi
   auto impl = std::make_unique<Impl>();
   impl->cfg = config;
   impl->opt = options;
-  Source src;
-  src.get = [&](const std::string& n, const Shape& s) { return checkpoint.get(n, s); };
-  impl->load(src, prefix);
+  impl->load(WeightSource::from_checkpoint(checkpoint), prefix);
   impl_ = std::move(impl);
 }
 
@@ -358,16 +201,22 @@ LlamaModel::LlamaModel(const LlamaConfig& config, const std::map<std::string, Te
   auto impl = std::make_unique<Impl>();
   impl->cfg = config;
   impl->opt = options;
-  Source src;
-  src.get = [&](const std::string& n, const Shape& s) {
-    auto it = weights.find(n);
-    if (it == weights.end()) throw TensorError("tensor '" + n + "' not found in the weight map");
-    if (!it->second.defined()) throw TensorError("tensor '" + n + "' is undefined in the weight map");
-    if (it->second.shape() != s)
-      throw TensorError("tensor '" + n + "' has shape " + shape_str(it->second.shape()) + ", expected " + shape_str(s));
-    return it->second;
-  };
-  impl->load(src, prefix);
+  impl->load(WeightSource(
+                 [&](const std::string& n) {
+                   auto it = weights.find(n);
+                   return it == weights.end() ? Tensor() : it->second;
+                 },
+                 "the weight map"),
+             prefix);
+  impl_ = std::move(impl);
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const WeightSource& source, const std::string& prefix,
+                       const LlamaOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->cfg = config;
+  impl->opt = options;
+  impl->load(source, prefix);
   impl_ = std::move(impl);
 }
 
@@ -379,10 +228,38 @@ const std::vector<std::string>& LlamaModel::bound_tensor_names() const { return 
 std::int64_t LlamaModel::vocab_size() const { return impl_->V; }
 std::int64_t LlamaModel::hidden_size() const { return impl_->H; }
 
+std::vector<std::pair<std::string, Tensor>> LlamaModel::named_weights(const std::string& prefix) const {
+  const Impl& m = *impl_;
+  std::vector<std::pair<std::string, Tensor>> out;
+  auto linear = [&](const std::string& name, const Linear& l) {
+    for (auto& t : l.w.to_tensors(prefix + name + ".weight")) out.push_back(std::move(t));
+    if (l.b.defined()) out.emplace_back(prefix + name + ".bias", l.b);
+  };
+  out.emplace_back(prefix + "model.embed_tokens.weight", m.embed);
+  out.emplace_back(prefix + "model.norm.weight", m.norm);
+  if (!m.cfg.tie_word_embeddings) linear("lm_head", m.lm_head);
+  for (std::size_t l = 0; l < m.layers.size(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const Layer& L = m.layers[l];
+    out.emplace_back(prefix + p + "input_layernorm.weight", L.input_norm);
+    out.emplace_back(prefix + p + "post_attention_layernorm.weight", L.post_norm);
+    linear(p + "self_attn.q_proj", L.q);
+    linear(p + "self_attn.k_proj", L.k);
+    linear(p + "self_attn.v_proj", L.v);
+    linear(p + "self_attn.o_proj", L.o);
+    linear(p + "mlp.gate_proj", L.gate);
+    linear(p + "mlp.up_proj", L.up);
+    linear(p + "mlp.down_proj", L.down);
+  }
+  return out;
+}
+
+std::size_t LlamaModel::lm_head_weight_bytes() const { return impl_->lm_head.w.bytes(); }
+
 std::size_t LlamaModel::decode_weight_bytes() const {
-  std::size_t n = impl_->lm_head.w.nbytes();
+  std::size_t n = impl_->lm_head.w.bytes();
   for (const Layer& L : impl_->layers)
-    for (const Dense* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += d->w.nbytes();
+    for (const Linear* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += d->w.bytes();
   return n;
 }
 

@@ -13,7 +13,6 @@ namespace {
 
 using ops::In;
 using ops::Out;
-using detail::activate_rows;
 using detail::layer_norm_rows;
 using detail::to_tensor;
 
@@ -27,15 +26,15 @@ std::string describe(const Tensor& t) {
 // ---------------------------------------------------------------------------------------------
 // QFormer
 
-void QFormer::visit(const QFormerConfig& c, const std::string& p, Weights& w, const Visitor& fn) {
+void QFormer::visit(const QFormerConfig& c, const std::string& p, Weights& w, const WeightVisitor& v) {
+  const auto& fn = v.tensor;
   const std::int64_t H = c.hidden_size, I = c.intermediate_size, E = c.encoder_hidden_size;
   fn(p + "embeddings.word_embeddings.weight", {c.vocab_size, H}, w.word_embeddings);
   fn(p + "embeddings.position_embeddings.weight", {c.max_position_embeddings, H}, w.position_embeddings);
   fn(p + "embeddings.layernorm.weight", {H}, w.emb_ln_w);
   fn(p + "embeddings.layernorm.bias", {H}, w.emb_ln_b);
   auto dense = [&](const std::string& name, std::int64_t out, std::int64_t in, Dense& d) {
-    fn(name + ".weight", {out, in}, d.w);
-    fn(name + ".bias", {out}, d.b);
+    v.linear(name, out, in, true, d, MatrixRole::QFormer);
   };
   auto attention = [&](const std::string& ap, std::int64_t kv_in, Attention& a) {
     dense(ap + "attention.query", H, H, a.query);
@@ -67,22 +66,30 @@ std::vector<std::pair<std::string, Shape>> QFormer::tensor_specs(const QFormerCo
                                                                  const std::string& prefix) {
   std::vector<std::pair<std::string, Shape>> specs;
   Weights w;
-  visit(config, prefix, w, [&](const std::string& name, const Shape& shape, Tensor&) {
-    specs.emplace_back(name, shape);
-  });
+  visit(config, prefix, w, WeightVisitor::lister(specs));
   return specs;
 }
 
-QFormer::QFormer(const QFormerConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix)
+std::vector<std::pair<std::string, Tensor>> QFormer::named_weights(const std::string& prefix) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  Weights w = w_;  // shares the buffers
+  visit(config_, prefix, w, WeightVisitor::saver(out));
+  return out;
+}
+
+QFormer::QFormer(const QFormerConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix,
+                 const WeightPolicy& policy)
+    : QFormer(config, WeightSource::from_checkpoint(checkpoint), prefix, policy) {}
+
+QFormer::QFormer(const QFormerConfig& config, const WeightSource& source, const std::string& prefix,
+                 const WeightPolicy& policy)
     : config_(config) {
   config_.validate("qformer_config", "qformer_config.");
   if (config_.position_embedding_type != "absolute")
     throw ConfigError("qformer_config: qformer_config.position_embedding_type: '" +
                       config_.position_embedding_type + "' is not supported (only \"absolute\")");
   act_ = ops::parse_activation(config_.hidden_act);
-  visit(config_, prefix, w_, [&](const std::string& name, const Shape& shape, Tensor& slot) {
-    slot = checkpoint.get_f32(name, shape);
-  });
+  visit(config_, prefix, w_, WeightVisitor::loader(source, policy));
 }
 
 double QFormer::flops(std::int64_t batch, std::int64_t Q, std::int64_t T, std::int64_t N) const {
@@ -203,9 +210,8 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
                                 : ConstMatrixMap<float>(nullptr, 0, E);
 
   auto ffn = [&](const Ffn& f, const MatrixF& in, MatrixF& mid, MatrixF& o) {
-    ops::linear<float>(in, f.in.w.matrix<float>(I, Hd), f.in.b.data<float>(), mid);
-    activate_rows(act_, mid);
-    ops::linear<float>(mid, f.out.w.matrix<float>(Hd, I), f.out.b.data<float>(), o);
+    f.in(in, mid, act_);
+    f.out(mid, o);
     o += in;
     layer_norm_rows(o, f.ln_w, f.ln_b, eps, o);
   };
@@ -213,9 +219,9 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
   for (const Layer& l : w_.layers) {
     // ---- self-attention over [queries; instruction]
     const Attention& sa = l.self_attn;
-    ops::linear<float>(x, sa.query.w.matrix<float>(Hd, Hd), sa.query.b.data<float>(), q);
-    ops::linear<float>(x, sa.key.w.matrix<float>(Hd, Hd), sa.key.b.data<float>(), k);
-    ops::linear<float>(x, sa.value.w.matrix<float>(Hd, Hd), sa.value.b.data<float>(), v);
+    sa.query(x, q);
+    sa.key(x, k);
+    sa.value(x, v);
     float* probs = nullptr;
     if (output_attentions) {
       out.attentions.push_back(Tensor::empty({B, heads, S, S}));
@@ -234,7 +240,7 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
                               v.block(b * S, h * hd, S, hd), o, ctx.block(b * S, h * hd, S, hd));
       }
     });
-    ops::linear<float>(ctx, sa.out.w.matrix<float>(Hd, Hd), sa.out.b.data<float>(), a);
+    sa.out(ctx, a);
     a += x;
     layer_norm_rows(a, sa.ln_w, sa.ln_b, eps, a);
 
@@ -243,9 +249,9 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
       for (std::int64_t b = 0; b < B; ++b) aq.middleRows(b * Q, Q) = a.middleRows(b * S, Q);
       if (l.has_cross) {
         const Attention& ca = l.cross_attn;
-        ops::linear<float>(aq, ca.query.w.matrix<float>(Hd, Hd), ca.query.b.data<float>(), qc);
-        ops::linear<float>(image, ca.key.w.matrix<float>(Hd, E), ca.key.b.data<float>(), kc);
-        ops::linear<float>(image, ca.value.w.matrix<float>(Hd, E), ca.value.b.data<float>(), vc);
+        ca.query(aq, qc);
+        ca.key(image, kc);
+        ca.value(image, vc);
         float* cprobs = nullptr;
         if (output_attentions) {
           out.cross_attentions.push_back(Tensor::empty({B, heads, Q, N}));
@@ -263,7 +269,7 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
                                   vc.block(b * N, h * hd, N, hd), o, ctxq.block(b * Q, h * hd, Q, hd));
           }
         });
-        ops::linear<float>(ctxq, ca.out.w.matrix<float>(Hd, Hd), ca.out.b.data<float>(), tq);
+        ca.out(ctxq, tq);
         tq += aq;
         layer_norm_rows(tq, ca.ln_w, ca.ln_b, eps, aq);
       }
@@ -309,7 +315,17 @@ std::vector<std::pair<std::string, Shape>> QueryProjector::tensor_specs(const In
   return specs;
 }
 
+std::vector<std::pair<std::string, Tensor>> QueryProjector::named_weights(const std::string& prefix) const {
+  return {{prefix + "query_tokens", query_tokens_},
+          {prefix + "language_projection.weight", proj_w_},
+          {prefix + "language_projection.bias", proj_b_}};
+}
+
 QueryProjector::QueryProjector(const InstructBlipConfig& config, const io::Checkpoint& checkpoint,
+                               const std::string& prefix)
+    : QueryProjector(config, WeightSource::from_checkpoint(checkpoint), prefix) {}
+
+QueryProjector::QueryProjector(const InstructBlipConfig& config, const WeightSource& source,
                                const std::string& prefix)
     : num_query_tokens_(config.num_query_tokens),
       qformer_hidden_(config.qformer_config.hidden_size),
@@ -319,7 +335,7 @@ QueryProjector::QueryProjector(const InstructBlipConfig& config, const io::Check
                       "positive");
   visit_projector(config, prefix, ProjectorSlots{&query_tokens_, &proj_w_, &proj_b_},
                   [&](const std::string& name, const Shape& shape, Tensor* slot) {
-                    *slot = checkpoint.get_f32(name, shape);
+                    *slot = source.f32(name, shape);
                   });
 }
 

@@ -68,32 +68,58 @@ Tensor T5State::encoder_attention_mask() const {
 
 // ---- construction --------------------------------------------------------------------------
 
-T5Model::T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix)
-    : config_(config) {
-  bind([&](const std::string& name, const Shape& shape) {
-    bound_.push_back(prefix + name);
-    return checkpoint.get_f32(prefix + name, shape);
-  });
+T5Model::T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix,
+                 const WeightPolicy& policy)
+    : T5Model(config, WeightSource::from_checkpoint(checkpoint), prefix, policy) {}
+
+T5Model::T5Model(const T5Config& config, const WeightSource& source, const std::string& prefix,
+                 const WeightPolicy& policy)
+    : config_(config), policy_(policy) {
+  load(source, prefix);
 }
 
-T5Model::T5Model(const T5Config& config, const WeightFn& weights) : config_(config) {
-  bind([&](const std::string& name, const Shape& shape) {
-    bound_.push_back(name);
-    return weights(name, shape);
-  });
+T5Model::T5Model(const T5Config& config, const WeightFn& weights, const WeightPolicy& policy)
+    : config_(config), policy_(policy) {
+  load(WeightSource([](const std::string&) { return Tensor(); }, weights, "the weight function"), "");
 }
 
 std::vector<std::pair<std::string, Shape>> T5Model::tensor_specs(const T5Config& config, const std::string& prefix) {
   std::vector<std::pair<std::string, Shape>> specs;
-  // Binding only stores the returned tensors, so undefined placeholders record the list.
-  T5Model probe(config, [&](const std::string& name, const Shape& shape) {
-    specs.emplace_back(prefix + name, shape);
-    return Tensor();
-  });
+  T5Model probe;
+  probe.config_ = config;
+  probe.check_config();
+  probe.visit(WeightVisitor::lister(specs), prefix);
   return specs;
 }
 
-void T5Model::bind(const WeightFn& weights) {
+std::vector<std::pair<std::string, Tensor>> T5Model::named_weights(const std::string& prefix) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  // The saver only reads the slots.
+  const_cast<T5Model*>(this)->visit(WeightVisitor::saver(out), prefix);
+  return out;
+}
+
+void T5Model::load(const WeightSource& source, const std::string& prefix) {
+  check_config();
+  WeightVisitor v = WeightVisitor::loader(source, policy_);
+  WeightVisitor recorded;
+  recorded.tensor = [&](const std::string& n, const Shape& s, Tensor& slot) {
+    bound_.push_back(n);
+    v.tensor(n, s, slot);
+  };
+  recorded.matrix = [&](const std::string& n, const Shape& s, Linear& slot, MatrixRole role) {
+    bound_.push_back(n);
+    v.matrix(n, s, slot, role);
+  };
+  visit(recorded, prefix);
+  if (config_.tie_word_embeddings) {
+    // Tied: lm_head is shared.weight (scaled inputs, see lm_logits), kept in the head's format.
+    lm_head_.w = ops::WeightMatrix(shared_, policy_.format_for(MatrixRole::OutputHead));
+    lm_head_.compute = policy_.compute_for(MatrixRole::OutputHead);
+  }
+}
+
+void T5Model::check_config() {
   config_.validate("T5Config");
   // Degenerate bucket settings make HF's bucket formula divide by zero (log(1) / log(1)).
   if (config_.relative_attention_num_buckets < 4)
@@ -104,62 +130,70 @@ void T5Model::bind(const WeightFn& weights) {
                       std::to_string(config_.relative_attention_max_distance) +
                       ") must exceed relative_attention_num_buckets / 2");
   act_ = ops::parse_activation(config_.dense_act_fn);
-  const std::int64_t V = config_.vocab_size, D = config_.d_model;
-  shared_ = weights("shared.weight", {V, D});
-  // Tied: embed_tokens and lm_head alias shared.weight and are not stored in checkpoints.
-  lm_head_ = config_.tie_word_embeddings ? shared_ : weights("lm_head.weight", {V, D});
-  bind_stack(weights, "encoder", config_.num_layers, false, encoder_);
-  bind_stack(weights, "decoder", config_.num_decoder_layers, true, decoder_);
 }
 
-void T5Model::bind_stack(const WeightFn& weights, const std::string& name, std::int64_t layers, bool decoder,
-                         Stack& stack) {
+void T5Model::visit(const WeightVisitor& v, const std::string& prefix) {
+  const std::int64_t V = config_.vocab_size, D = config_.d_model;
+  v.tensor(prefix + "shared.weight", {V, D}, shared_);
+  // Tied: embed_tokens and lm_head alias shared.weight and are not stored in checkpoints.
+  if (!config_.tie_word_embeddings) v.linear(prefix + "lm_head", V, D, false, lm_head_, MatrixRole::OutputHead);
+  visit_stack(v, prefix, "encoder", config_.num_layers, false, encoder_);
+  visit_stack(v, prefix, "decoder", config_.num_decoder_layers, true, decoder_);
+}
+
+void T5Model::visit_stack(const WeightVisitor& v, const std::string& prefix, const std::string& name,
+                          std::int64_t layers, bool decoder, Stack& stack) {
   const std::int64_t D = config_.d_model, I = config_.inner_dim(), F = config_.d_ff;
+  auto tensor = [&](const std::string& n, const Shape& s, Tensor& slot) { v.tensor(prefix + n, s, slot); };
+  auto linear = [&](const std::string& n, std::int64_t N, std::int64_t K, Linear& l, MatrixRole role) {
+    v.linear(prefix + n, N, K, false, l, role);
+  };
   auto attention = [&](const std::string& p, Attention& a) {
-    a.q = weights(p + ".q.weight", {I, D});
-    a.k = weights(p + ".k.weight", {I, D});
-    a.v = weights(p + ".v.weight", {I, D});
-    a.o = weights(p + ".o.weight", {D, I});
+    linear(p + ".q", I, D, a.q, MatrixRole::Text);
+    linear(p + ".k", I, D, a.k, MatrixRole::Text);
+    linear(p + ".v", I, D, a.v, MatrixRole::Text);
+    linear(p + ".o", D, I, a.o, MatrixRole::Text);
   };
   stack.blocks.resize(std::size_t(layers));
   for (std::int64_t i = 0; i < layers; ++i) {
     Block& blk = stack.blocks[std::size_t(i)];
     const std::string p = name + ".block." + std::to_string(i) + ".layer.";
-    blk.self_norm = weights(p + "0.layer_norm.weight", {D});
+    tensor(p + "0.layer_norm.weight", {D}, blk.self_norm);
     attention(p + "0.SelfAttention", blk.self_attn);
     if (i == 0)
-      stack.relative_attention_bias = weights(p + "0.SelfAttention.relative_attention_bias.weight",
-                                              {config_.relative_attention_num_buckets, config_.num_heads});
+      tensor(p + "0.SelfAttention.relative_attention_bias.weight",
+             {config_.relative_attention_num_buckets, config_.num_heads}, stack.relative_attention_bias);
     std::string ffp = p + "1.";
     if (decoder) {
-      blk.cross_norm = weights(p + "1.layer_norm.weight", {D});
+      tensor(p + "1.layer_norm.weight", {D}, blk.cross_norm);
       attention(p + "1.EncDecAttention", blk.cross_attn);
       ffp = p + "2.";
     }
-    blk.ff_norm = weights(ffp + "layer_norm.weight", {D});
+    tensor(ffp + "layer_norm.weight", {D}, blk.ff_norm);
     if (config_.is_gated_act) {
-      blk.ff.wi_0 = weights(ffp + "DenseReluDense.wi_0.weight", {F, D});
-      blk.ff.wi_1 = weights(ffp + "DenseReluDense.wi_1.weight", {F, D});
+      linear(ffp + "DenseReluDense.wi_0", F, D, blk.ff.wi_0, MatrixRole::Text);
+      linear(ffp + "DenseReluDense.wi_1", F, D, blk.ff.wi_1, MatrixRole::Text);
     } else {
-      blk.ff.wi = weights(ffp + "DenseReluDense.wi.weight", {F, D});
+      linear(ffp + "DenseReluDense.wi", F, D, blk.ff.wi, MatrixRole::Text);
     }
-    blk.ff.wo = weights(ffp + "DenseReluDense.wo.weight", {D, F});
+    linear(ffp + "DenseReluDense.wo", D, F, blk.ff.wo, MatrixRole::T5FfnOut);
   }
-  stack.final_norm = weights(name + ".final_layer_norm.weight", {D});
+  tensor(name + ".final_layer_norm.weight", {D}, stack.final_norm);
 }
 
 std::size_t T5Model::decoder_step_weight_bytes() const {
   std::size_t n = 0;
   for (const Block& b : decoder_.blocks) {
-    for (const Tensor* t : {&b.self_norm, &b.self_attn.q, &b.self_attn.k, &b.self_attn.v, &b.self_attn.o,
-                            &b.cross_norm, &b.cross_attn.q, &b.cross_attn.o, &b.ff_norm, &b.ff.wi, &b.ff.wi_0,
-                            &b.ff.wi_1, &b.ff.wo})
+    for (const Linear* l : {&b.self_attn.q, &b.self_attn.k, &b.self_attn.v, &b.self_attn.o, &b.cross_attn.q,
+                            &b.cross_attn.o, &b.ff.wi, &b.ff.wi_0, &b.ff.wi_1, &b.ff.wo})
+      if (l->w.defined()) n += l->w.bytes();
+    for (const Tensor* t : {&b.self_norm, &b.cross_norm, &b.ff_norm})
       if (t->defined()) n += std::size_t(t->numel()) * sizeof(float);
   }
   n += std::size_t(decoder_.final_norm.numel()) * sizeof(float);
   if (decoder_.relative_attention_bias.defined())
     n += std::size_t(decoder_.relative_attention_bias.numel()) * sizeof(float);
-  n += std::size_t(lm_head_.numel()) * sizeof(float);
+  n += lm_head_.w.bytes();
   n += std::size_t(config_.d_model) * sizeof(float);  // the embedding row of the fed token
   return n;
 }
@@ -250,19 +284,16 @@ void T5Model::feed_forward(const FeedForward& ff, const Tensor& norm, MatrixF& x
   rms_norm(x, norm, n);
   MatrixF h(rows, config_.d_ff);
   if (config_.is_gated_act) {
-    ops::linear<float>(n, W(ff.wi_0), nullptr, h);
-    ops::activate(act_, h.data(), std::size_t(h.size()));
+    ff.wi_0(n, h, act_);
     MatrixF g(rows, config_.d_ff);
-    ops::linear<float>(n, W(ff.wi_1), nullptr, g);
+    ff.wi_1(n, g);
     h.array() *= g.array();
   } else {
-    ops::linear<float>(n, W(ff.wi), nullptr, h);
-    ops::activate(act_, h.data(), std::size_t(h.size()));
+    ff.wi(n, h, act_);
   }
-  // The FFN output is kept in float32 (HF keeps `wo` in fp32 for reduced-precision T5); there is
-  // no reduced-precision activation path in this library yet.
+  // `wo` is kept in higher precision than the other matrices (WeightPolicy): f32 / bf16.
   MatrixF o(rows, x.cols());
-  ops::linear<float>(h, W(ff.wo), nullptr, o);
+  ff.wo(h, o);
   x += o;
 }
 
@@ -272,9 +303,9 @@ void T5Model::lm_logits(const MatrixF& h, float* out) const {
     // sequence_output * (model_dim ** -0.5): a Python double applied as a float32 scalar.
     const float scale = float(std::pow(double(config_.d_model), -0.5));
     MatrixF hs = h * scale;
-    ops::linear<float>(hs, W(lm_head_), nullptr, y);
+    lm_head_(hs, y);
   } else {
-    ops::linear<float>(h, W(lm_head_), nullptr, y);
+    lm_head_(h, y);
   }
 }
 
@@ -301,12 +332,12 @@ void T5Model::run_encoder(MatrixF& x, std::int64_t B, std::int64_t L, const std:
   for (const Block& blk : encoder_.blocks) {
     if (hidden) hidden->push_back(x);
     rms_norm(x, blk.self_norm, n);
-    ops::linear<float>(n, W(blk.self_attn.q), nullptr, q);
-    ops::linear<float>(n, W(blk.self_attn.k), nullptr, k);
-    ops::linear<float>(n, W(blk.self_attn.v), nullptr, v);
+    blk.self_attn.q(n, q);
+    blk.self_attn.k(n, k);
+    blk.self_attn.v(n, v);
     biased_self_attention(encoder_, /*bidirectional=*/true, /*causal=*/false, 0, B, L, L, q, keys, values,
                           key_masks.data(), a);
-    ops::linear<float>(a, W(blk.self_attn.o), nullptr, o);
+    blk.self_attn.o(a, o);
     x += o;
     feed_forward(blk.ff, blk.ff_norm, x);
   }
@@ -334,8 +365,8 @@ std::unique_ptr<T5State> T5Model::make_state(const MatrixF& enc, std::int64_t B,
   // Cross-attention K/V are computed once, for all rows at a time, per decoder block.
   MatrixF kb(B * L, I), vb(B * L, I);
   for (std::size_t l = 0; l < nl; ++l) {
-    ops::linear<float>(enc, W(decoder_.blocks[l].cross_attn.k), nullptr, kb);
-    ops::linear<float>(enc, W(decoder_.blocks[l].cross_attn.v), nullptr, vb);
+    decoder_.blocks[l].cross_attn.k(enc, kb);
+    decoder_.blocks[l].cross_attn.v(enc, vb);
     for (std::int64_t b = 0; b < B; ++b) {
       rows[std::size_t(b)]->cross_k[l] = kb.middleRows(b * L, L);
       rows[std::size_t(b)]->cross_v[l] = vb.middleRows(b * L, L);
@@ -373,9 +404,9 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
     if (hidden) hidden->push_back(x);
     // causal self-attention over the cache
     rms_norm(x, blk.self_norm, n);
-    ops::linear<float>(n, W(blk.self_attn.q), nullptr, q);
-    ops::linear<float>(n, W(blk.self_attn.k), nullptr, k);
-    ops::linear<float>(n, W(blk.self_attn.v), nullptr, v);
+    blk.self_attn.q(n, q);
+    blk.self_attn.k(n, k);
+    blk.self_attn.v(n, v);
     for (std::int64_t b = 0; b < B; ++b) {
       CacheRow& c = st.cache_[std::size_t(b)];
       c.k[l].middleRows(P, T) = k.middleRows(b * T, T);
@@ -385,11 +416,11 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
         decoder_, /*bidirectional=*/false, /*causal=*/true, P, B, T, Lk, q,
         [&](std::int64_t b) { return ops::In<float>(st.cache_[std::size_t(b)].k[l].topRows(Lk)); },
         [&](std::int64_t b) { return ops::In<float>(st.cache_[std::size_t(b)].v[l].topRows(Lk)); }, nullptr, a);
-    ops::linear<float>(a, W(blk.self_attn.o), nullptr, o);
+    blk.self_attn.o(a, o);
     x += o;
     // cross-attention to the encoder output (no position bias; padding mask only)
     rms_norm(x, blk.cross_norm, n);
-    ops::linear<float>(n, W(blk.cross_attn.q), nullptr, q);
+    blk.cross_attn.q(n, q);
     parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b) {
         const EncoderRow& e = *st.enc_[std::size_t(b)];
@@ -402,7 +433,7 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
         ops::attention<float>(q.middleRows(b * T, T), e.cross_k[l], e.cross_v[l], opt, ab);
       }
     });
-    ops::linear<float>(a, W(blk.cross_attn.o), nullptr, o);
+    blk.cross_attn.o(a, o);
     x += o;
     feed_forward(blk.ff, blk.ff_norm, x);
   }

@@ -14,14 +14,14 @@ namespace {
 
 using ops::In;
 using ops::Out;
-using detail::activate_rows;
 using detail::layer_norm_rows;
 using detail::to_tensor;
 
 
 }  // namespace
 
-void VisionModel::visit(const VisionConfig& c, const std::string& p, Weights& w, const Visitor& fn) {
+void VisionModel::visit(const VisionConfig& c, const std::string& p, Weights& w, const WeightVisitor& v) {
+  const auto& fn = v.tensor;
   const std::int64_t D = c.hidden_size, I = c.intermediate_size, P = c.patch_size;
   fn(p + "embeddings.class_embedding", {1, 1, D}, w.class_embedding);
   fn(p + "embeddings.patch_embedding.weight", {D, 3, P, P}, w.patch_w);
@@ -33,16 +33,12 @@ void VisionModel::visit(const VisionConfig& c, const std::string& p, Weights& w,
     const std::string lp = p + "encoder.layers." + std::to_string(i) + ".";
     fn(lp + "layer_norm1.weight", {D}, l.ln1_w);
     fn(lp + "layer_norm1.bias", {D}, l.ln1_b);
-    fn(lp + "self_attn.qkv.weight", {3 * D, D}, l.qkv_w);
-    if (c.qkv_bias) fn(lp + "self_attn.qkv.bias", {3 * D}, l.qkv_b);
-    fn(lp + "self_attn.projection.weight", {D, D}, l.proj_w);
-    fn(lp + "self_attn.projection.bias", {D}, l.proj_b);
+    v.linear(lp + "self_attn.qkv", 3 * D, D, c.qkv_bias, l.qkv, MatrixRole::Vision);
+    v.linear(lp + "self_attn.projection", D, D, true, l.proj, MatrixRole::Vision);
     fn(lp + "layer_norm2.weight", {D}, l.ln2_w);
     fn(lp + "layer_norm2.bias", {D}, l.ln2_b);
-    fn(lp + "mlp.fc1.weight", {I, D}, l.fc1_w);
-    fn(lp + "mlp.fc1.bias", {I}, l.fc1_b);
-    fn(lp + "mlp.fc2.weight", {D, I}, l.fc2_w);
-    fn(lp + "mlp.fc2.bias", {D}, l.fc2_b);
+    v.linear(lp + "mlp.fc1", I, D, true, l.fc1, MatrixRole::Vision);
+    v.linear(lp + "mlp.fc2", D, I, true, l.fc2, MatrixRole::Vision);
   }
   fn(p + "post_layernorm.weight", {D}, w.post_ln_w);
   fn(p + "post_layernorm.bias", {D}, w.post_ln_b);
@@ -52,19 +48,27 @@ std::vector<std::pair<std::string, Shape>> VisionModel::tensor_specs(const Visio
                                                                      const std::string& prefix) {
   std::vector<std::pair<std::string, Shape>> specs;
   Weights w;
-  visit(config, prefix, w, [&](const std::string& name, const Shape& shape, Tensor&) {
-    specs.emplace_back(name, shape);
-  });
+  visit(config, prefix, w, WeightVisitor::lister(specs));
   return specs;
 }
 
-VisionModel::VisionModel(const VisionConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix)
+std::vector<std::pair<std::string, Tensor>> VisionModel::named_weights(const std::string& prefix) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  Weights w = w_;  // shares the buffers
+  visit(config_, prefix, w, WeightVisitor::saver(out));
+  return out;
+}
+
+VisionModel::VisionModel(const VisionConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix,
+                         const WeightPolicy& policy)
+    : VisionModel(config, WeightSource::from_checkpoint(checkpoint), prefix, policy) {}
+
+VisionModel::VisionModel(const VisionConfig& config, const WeightSource& source, const std::string& prefix,
+                         const WeightPolicy& policy)
     : config_(config) {
   config_.validate("vision_config", "vision_config.");
   act_ = ops::parse_activation(config_.hidden_act);
-  visit(config_, prefix, w_, [&](const std::string& name, const Shape& shape, Tensor& slot) {
-    slot = checkpoint.get_f32(name, shape);
-  });
+  visit(config_, prefix, w_, WeightVisitor::loader(source, policy));
 }
 
 double VisionModel::flops(std::int64_t batch) const {
@@ -128,8 +132,7 @@ VisionOutput VisionModel::forward(const Tensor& pixel_values, bool output_hidden
   for (const Layer& l : w_.layers) {
     // self-attention block
     layer_norm_rows(x, l.ln1_w, l.ln1_b, eps, y);
-    ops::linear<float>(y, l.qkv_w.matrix<float>(3 * D, D), l.qkv_b.defined() ? l.qkv_b.data<float>() : nullptr,
-                       qkv);
+    l.qkv(y, qkv);
     float* probs = nullptr;
     if (output_attentions) {
       out.attentions.push_back(Tensor::empty({B, H, L, L}));
@@ -150,13 +153,12 @@ VisionOutput VisionModel::forward(const Tensor& pixel_values, bool output_hidden
                               rows.middleCols(2 * D + h * hd, hd), o, ctx.block(b * L, h * hd, L, hd));
       }
     });
-    ops::linear<float>(ctx, l.proj_w.matrix<float>(D, D), l.proj_b.data<float>(), y);
+    l.proj(ctx, y);
     x += y;
     // MLP block
     layer_norm_rows(x, l.ln2_w, l.ln2_b, eps, y);
-    ops::linear<float>(y, l.fc1_w.matrix<float>(I, D), l.fc1_b.data<float>(), f);
-    activate_rows(act_, f);
-    ops::linear<float>(f, l.fc2_w.matrix<float>(D, I), l.fc2_b.data<float>(), y);
+    l.fc1(y, f, act_);
+    l.fc2(f, y);
     x += y;
     if (output_hidden_states) out.hidden_states.push_back(to_tensor(x, {B, L, D}));
   }

@@ -33,6 +33,13 @@ class Checkpoint {
   std::size_t mapped_bytes() const;
   std::size_t num_files() const { return files_.size(); }
 
+  /// The safetensors "__metadata__" of the files (merged; the first file wins on conflicts).
+  std::map<std::string, std::string> metadata() const;
+  /// SafeTensors::release_pages() for every file (after weights were converted to own buffers).
+  void release_pages() const;
+  /// The same for the pages of one tensor (views of it stay valid; they re-read the file).
+  void release_pages(const std::string& name) const;
+
   /// Zero-copy view of tensor `name` in its stored dtype.
   Tensor get(const std::string& name) const;
   /// As get(), and checks the shape: a mismatch is a TensorError naming tensor, file and shapes.
@@ -45,5 +52,13 @@ class Checkpoint {
   std::vector<std::shared_ptr<SafeTensors>> files_;
   std::map<std::string, const SafeTensors*> where_;
 };
+
+/// Writes `tensors` as a checkpoint's weights into `dir` (created if missing): one
+/// model.safetensors when they fit in `max_shard_bytes`, else model-0000i-of-0000n.safetensors
+/// shards (tensors in the given order) and model.safetensors.index.json, as transformers'
+/// save_pretrained lays them out. Weight files already in `dir` (model.safetensors, model-*-of-*
+/// shards, the index) are removed first. IoError when `dir` cannot be created or written.
+void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                     const std::map<std::string, std::string>& metadata, std::size_t max_shard_bytes);
 
 }  // namespace instructblip::io

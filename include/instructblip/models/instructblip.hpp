@@ -13,6 +13,7 @@
 #include "instructblip/models/language_model.hpp"
 #include "instructblip/models/qformer.hpp"
 #include "instructblip/models/vision.hpp"
+#include "instructblip/ops/weights.hpp"
 
 namespace instructblip {
 
@@ -40,6 +41,11 @@ struct LoadOptions {
   io::Checkpoint::ProgressFn progress;
   /// Bounds on what forward() / generate() accept (see instructblip/limits.hpp).
   GenerationLimits limits;
+  /// How the weight matrices are kept (`--weights f32|bf16|q8_0|q4_0`; per part as
+  /// models::WeightPolicy describes). Unset: the format a checkpoint written by save_pretrained()
+  /// records ("instructblip.weights" in its safetensors metadata), else f32 (transformers'
+  /// float32 numerics). Matrices a checkpoint stores quantised are always used as stored.
+  std::optional<ops::WeightFormat> weights;
 };
 
 class InstructBlipForConditionalGeneration {
@@ -80,6 +86,18 @@ class InstructBlipForConditionalGeneration {
   const models::LanguageModel& language_model() const;
   /// The limits forward() / generate() enforce (LoadOptions::limits).
   const GenerationLimits& limits() const;
+  /// The weight format the model was loaded with (LoadOptions::weights, resolved).
+  ops::WeightFormat weight_format() const;
+
+  /// Writes the model as a checkpoint directory from_pretrained() reads back without converting:
+  /// config.json, generation_config.json and the weights as safetensors - one
+  /// model.safetensors, or shards of at most `max_shard_bytes` with model.safetensors.index.json.
+  /// Matrices kept as q8_0 / q4_0 are written quantised ("<name>.q8_0" + "<name>.q8_0_scale" +
+  /// "<name>.shape"; see ops::WeightMatrix), bf16 ones as BF16 and the rest as F32; the metadata
+  /// records the weight format. The tokenizer / preprocessor files are not part of the model;
+  /// copy them alongside (the instructblip-quantize tool does). The directory is created if
+  /// needed; existing weight files in it are replaced. IoError when it cannot be written.
+  void save_pretrained(const std::string& dir, std::size_t max_shard_bytes = std::size_t(5) << 30) const;
 
   struct ForwardOutput {
     Tensor logits;                 // [B, T, vocab] (LLaMA with labels: the last labels.size(1) positions)

@@ -24,18 +24,15 @@
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/io/checkpoint.hpp"
 #include "instructblip/models/language_model.hpp"
+#include "instructblip/models/weight_source.hpp"
 
 namespace instructblip::models {
 
 struct LlamaOptions {
-  /// How the large matrices (q/k/v/o, gate/up/down, embed_tokens, lm_head) are kept in memory:
-  ///  * DType::F32 (default): converted to float32 at load (bf16 / f16 checkpoints are widened
-  ///    exactly, as transformers loads them with torch_dtype=float32); f32 checkpoints are not copied.
-  ///  * DType::BF16: kept as bfloat16 (bf16 checkpoints are used in place, zero-copy; f32 / f16 ones
-  ///    are rounded to bf16 once) and widened to float32 block by block inside the matrix products.
-  ///    For a bf16 checkpoint this gives the same values as F32 with half the memory; all
-  ///    arithmetic stays float32. Norm weights and biases are always float32.
-  DType weight_dtype = DType::F32;
+  /// How the projection matrices and lm_head are kept (f32 / bf16 / q8_0 / q4_0, see WeightPolicy).
+  /// The embedding table is float32 under f32 and bfloat16 otherwise; norms and biases are always
+  /// float32. f32 checkpoints are used in place under f32, bf16 ones under bf16 (zero-copy).
+  WeightPolicy weights;
 };
 
 class LlamaModel : public LanguageModel {
@@ -52,17 +49,24 @@ class LlamaModel : public LanguageModel {
   /// not copied, when their dtype already matches the storage dtype.
   LlamaModel(const LlamaConfig& config, const std::map<std::string, Tensor>& weights,
              const std::string& prefix = "", const LlamaOptions& options = {});
+  /// Same, from any WeightSource (names `prefix` + HF name).
+  LlamaModel(const LlamaConfig& config, const WeightSource& source, const std::string& prefix = "",
+             const LlamaOptions& options = {});
   ~LlamaModel() override;
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
 
   const LlamaConfig& config() const;
   const LlamaOptions& options() const;
+  /// The tensors that store the bound weights under their HF names (with `prefix`).
+  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "language_model.") const;
   /// The checkpoint / weight-map names the constructor looked up (with the prefix), in binding
   /// order. A tied model does not bind lm_head.weight.
   const std::vector<std::string>& bound_tensor_names() const;
   /// Bytes of the weight matrices one decode step streams (every layer's projections plus lm_head).
   std::size_t decode_weight_bytes() const;
+  /// Bytes of the lm_head matrix alone.
+  std::size_t lm_head_weight_bytes() const;
 
   // LanguageModel
   std::int64_t vocab_size() const override;

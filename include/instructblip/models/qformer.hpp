@@ -34,6 +34,7 @@
 #include "instructblip/config.hpp"
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/io/checkpoint.hpp"
+#include "instructblip/models/weight_source.hpp"
 #include "instructblip/ops/activations.hpp"
 
 namespace instructblip::models {
@@ -58,7 +59,11 @@ class QFormer {
   /// cross-attention (config.has_cross_attention) also bind `crossattention.*` with keys/values
   /// of width encoder_hidden_size. Missing / mis-shaped tensors -> TensorError naming the tensor.
   /// position_embedding_type other than "absolute" -> ConfigError.
-  QFormer(const QFormerConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix = "qformer.");
+  /// `policy` chooses how the linear layers' weights are kept (see WeightPolicy).
+  QFormer(const QFormerConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix = "qformer.",
+          const WeightPolicy& policy = {});
+  QFormer(const QFormerConfig& config, const WeightSource& source, const std::string& prefix = "qformer.",
+          const WeightPolicy& policy = {});
 
   /// query_embeds: float32 [1 or B, Q, hidden] (a batch of 1 is broadcast, like query_tokens.expand);
   ///   may be undefined (Q = 0: no cross-attention, every row uses intermediate/output).
@@ -78,14 +83,15 @@ class QFormer {
   static std::vector<std::pair<std::string, Shape>> tensor_specs(const QFormerConfig& config,
                                                                  const std::string& prefix = "qformer.");
 
+  /// The tensors that store the bound weights under their HF names (with `prefix`).
+  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "qformer.") const;
+
   /// FLOPs (2 per MAC) of one forward: batch B, Q queries, T instruction tokens, N image tokens.
   double flops(std::int64_t batch, std::int64_t num_queries, std::int64_t num_text,
                std::int64_t num_image_tokens) const;
 
  private:
-  struct Dense {
-    Tensor w, b;
-  };
+  using Dense = Linear;
   struct Attention {  // InstructBlipQFormerAttention: multi-head attention + output dense + LayerNorm
     Dense query, key, value, out;
     Tensor ln_w, ln_b;
@@ -108,9 +114,8 @@ class QFormer {
     Tensor emb_ln_w, emb_ln_b;
     std::vector<Layer> layers;
   };
-  using Visitor = std::function<void(const std::string& name, const Shape& shape, Tensor& slot)>;
-  /// The single list of weights: calls fn(prefix + HF name, shape, slot) for each, in order.
-  static void visit(const QFormerConfig& config, const std::string& prefix, Weights& w, const Visitor& fn);
+  /// The single list of weights: visits (prefix + HF name, shape, slot) for each, in order.
+  static void visit(const QFormerConfig& config, const std::string& prefix, Weights& w, const WeightVisitor& v);
 
   QFormerConfig config_;
   ops::Activation act_ = ops::Activation::Gelu;
@@ -123,6 +128,7 @@ class QueryProjector {
   /// Binds `prefix + "query_tokens"` [1, num_query_tokens, qformer hidden] and
   /// `prefix + "language_projection.{weight,bias}"` [text_hidden, qformer hidden] / [text_hidden].
   QueryProjector(const InstructBlipConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix = "");
+  QueryProjector(const InstructBlipConfig& config, const WeightSource& source, const std::string& prefix = "");
 
   /// [1, num_query_tokens, qformer hidden] (pass to QFormer::forward as query_embeds).
   const Tensor& query_tokens() const { return query_tokens_; }
@@ -136,6 +142,8 @@ class QueryProjector {
 
   static std::vector<std::pair<std::string, Shape>> tensor_specs(const InstructBlipConfig& config,
                                                                  const std::string& prefix = "");
+  /// query_tokens and language_projection.{weight,bias} under their HF names (float32).
+  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "") const;
 
  private:
   std::int64_t num_query_tokens_ = 0, qformer_hidden_ = 0, text_hidden_ = 0;

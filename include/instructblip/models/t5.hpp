@@ -32,6 +32,7 @@
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/io/checkpoint.hpp"
 #include "instructblip/models/language_model.hpp"
+#include "instructblip/models/weight_source.hpp"
 #include "instructblip/ops/activations.hpp"
 #include "instructblip/ops/linear.hpp"
 
@@ -90,9 +91,14 @@ class T5Model final : public LanguageModel {
   /// views of the mapped file (the views keep it mapped; `checkpoint` itself may be destroyed).
   /// Missing / misshapen tensors -> TensorError; an invalid config -> ConfigError; an unsupported
   /// dense_act_fn -> InvalidArgument.
-  T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix = "language_model.");
+  /// `policy` chooses how the projection matrices are kept (f32 / bf16 / q8_0 / q4_0; `wo` and the
+  /// output head as WeightPolicy describes); a checkpoint saved quantised is used as stored.
+  T5Model(const T5Config& config, const io::Checkpoint& checkpoint, const std::string& prefix = "language_model.",
+          const WeightPolicy& policy = {});
+  T5Model(const T5Config& config, const WeightSource& source, const std::string& prefix,
+          const WeightPolicy& policy = {});
   /// Binds weights from any source (e.g. random tensors built in memory by a benchmark).
-  T5Model(const T5Config& config, const WeightFn& weights);
+  T5Model(const T5Config& config, const WeightFn& weights, const WeightPolicy& policy = {});
 
   const T5Config& config() const { return config_; }
 
@@ -152,16 +158,20 @@ class T5Model final : public LanguageModel {
   static std::int64_t relative_position_bucket(std::int64_t relative_position, bool bidirectional,
                                                std::int64_t num_buckets, std::int64_t max_distance);
 
+  /// The tensors that store the bound weights under their HF names (with `prefix`).
+  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "language_model.") const;
+  const WeightPolicy& weight_policy() const { return policy_; }
+
   /// Bytes of weights one decoder step reads (self-attention q/k/v/o, cross-attention q/o, FFN,
   /// norms and the output head) - for bandwidth figures in benchmarks.
   std::size_t decoder_step_weight_bytes() const;
 
  private:
   struct Attention {
-    Tensor q, k, v, o;  // q/k/v [inner, d_model], o [d_model, inner]
+    Linear q, k, v, o;  // q/k/v [inner, d_model], o [d_model, inner]
   };
   struct FeedForward {
-    Tensor wi, wi_0, wi_1, wo;  // gated: wi_0 / wi_1 [d_ff, d_model]; else wi; wo [d_model, d_ff]
+    Linear wi, wi_0, wi_1, wo;  // gated: wi_0 / wi_1 [d_ff, d_model]; else wi; wo [d_model, d_ff]
   };
   struct Block {
     Tensor self_norm;
@@ -177,9 +187,13 @@ class T5Model final : public LanguageModel {
     Tensor final_norm;
   };
 
-  void bind(const WeightFn& weights);
-  void bind_stack(const WeightFn& weights, const std::string& name, std::int64_t layers, bool decoder,
-                  Stack& stack);
+  T5Model() = default;  // for tensor_specs()
+  void check_config();
+  /// Walks every bound weight (names relative to the model, prefixed by `prefix`).
+  void visit(const WeightVisitor& v, const std::string& prefix);
+  void visit_stack(const WeightVisitor& v, const std::string& prefix, const std::string& name, std::int64_t layers,
+                   bool decoder, Stack& stack);
+  void load(const WeightSource& source, const std::string& prefix);
 
   using KeyRows = std::function<ops::In<float>(std::int64_t row)>;
   /// Self-attention with the stack's relative position bias for B rows of Lq queries (positions
@@ -209,8 +223,9 @@ class T5Model final : public LanguageModel {
   T5Config config_;
   std::vector<std::string> bound_;
   ops::Activation act_ = ops::Activation::Relu;
+  WeightPolicy policy_;
   Tensor shared_;   // [vocab, d_model]
-  Tensor lm_head_;  // [vocab, d_model] (aliases shared_ when tied)
+  Linear lm_head_;  // [vocab, d_model] (built from shared_ when tied)
   Stack encoder_, decoder_;
 };
 

@@ -21,6 +21,7 @@
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/io/checkpoint.hpp"
 #include "instructblip/ops/activations.hpp"
+#include "instructblip/models/weight_source.hpp"
 
 namespace instructblip::models {
 
@@ -40,8 +41,12 @@ class VisionModel {
   /// Binds every weight under `prefix` (normally "vision_model.") by its HF name and shape.
   /// Missing / mis-shaped tensors -> TensorError (from the Checkpoint) naming the tensor;
   /// an invalid config or unsupported hidden_act -> ConfigError / InvalidArgument.
+  /// `policy` chooses how the linear layers' weights are kept (f32, or bf16 panels multiplied
+  /// with bf16 arithmetic under the reduced formats; see WeightPolicy).
   VisionModel(const VisionConfig& config, const io::Checkpoint& checkpoint,
-              const std::string& prefix = "vision_model.");
+              const std::string& prefix = "vision_model.", const WeightPolicy& policy = {});
+  VisionModel(const VisionConfig& config, const WeightSource& source, const std::string& prefix = "vision_model.",
+              const WeightPolicy& policy = {});
 
   /// pixel_values: float32 [B, 3, image_size, image_size] (B >= 1). Anything else (other rank,
   /// channel count, spatial size or dtype) -> InvalidArgument.
@@ -57,17 +62,20 @@ class VisionModel {
   static std::vector<std::pair<std::string, Shape>> tensor_specs(const VisionConfig& config,
                                                                  const std::string& prefix = "vision_model.");
 
+  /// The tensors that store the bound weights under their HF names (with `prefix`), as
+  /// save_pretrained writes them.
+  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "vision_model.") const;
+
   /// Multiply-add FLOPs (2 per MAC) of one forward over `batch` images (GEMMs and attention).
   double flops(std::int64_t batch) const;
 
  private:
   struct Layer {
     Tensor ln1_w, ln1_b;
-    Tensor qkv_w, qkv_b;  // qkv_b undefined when config.qkv_bias is false
-    Tensor proj_w, proj_b;
+    Linear qkv;  // bias undefined when config.qkv_bias is false
+    Linear proj;
     Tensor ln2_w, ln2_b;
-    Tensor fc1_w, fc1_b;
-    Tensor fc2_w, fc2_b;
+    Linear fc1, fc2;
   };
   struct Weights {
     Tensor class_embedding;     // [1, 1, D]
@@ -76,9 +84,8 @@ class VisionModel {
     std::vector<Layer> layers;
     Tensor post_ln_w, post_ln_b;
   };
-  using Visitor = std::function<void(const std::string& name, const Shape& shape, Tensor& slot)>;
-  /// The single list of weights: calls fn(prefix + HF name, shape, slot) for each, in order.
-  static void visit(const VisionConfig& config, const std::string& prefix, Weights& w, const Visitor& fn);
+  /// The single list of weights: visits (prefix + HF name, shape, slot) for each, in order.
+  static void visit(const VisionConfig& config, const std::string& prefix, Weights& w, const WeightVisitor& v);
 
   VisionConfig config_;
   ops::Activation act_ = ops::Activation::Gelu;

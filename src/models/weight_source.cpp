@@ -1,0 +1,150 @@
+#include "instructblip/models/weight_source.hpp"
+
+#include "instructblip/core/error.hpp"
+#include "instructblip/io/checkpoint.hpp"
+
+namespace instructblip::models {
+
+using ops::GemmCompute;
+using ops::WeightFormat;
+using ops::WeightLayout;
+
+WeightFormat WeightPolicy::format_for(MatrixRole role) const {
+  if (format == WeightFormat::F32) return WeightFormat::F32;
+  switch (role) {
+    case MatrixRole::Vision:
+    case MatrixRole::QFormer: return WeightFormat::BF16;
+    case MatrixRole::Text: return format;
+    case MatrixRole::T5FfnOut: return format == WeightFormat::BF16 ? WeightFormat::F32 : WeightFormat::BF16;
+    case MatrixRole::OutputHead: return format == WeightFormat::Q4_0 ? WeightFormat::Q8_0 : format;
+  }
+  return format;
+}
+
+WeightLayout WeightPolicy::layout_for(MatrixRole role) const {
+  const bool many_rows = role == MatrixRole::Vision || role == MatrixRole::QFormer;
+  return many_rows && format_for(role) == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
+}
+
+GemmCompute WeightPolicy::compute_for(MatrixRole role) const {
+  const bool many_rows = role == MatrixRole::Vision || role == MatrixRole::QFormer;
+  return many_rows && format != WeightFormat::F32 ? GemmCompute::BF16 : GemmCompute::F32;
+}
+
+WeightSource::WeightSource(Find find, std::string where) : find_(std::move(find)), where_(std::move(where)) {}
+
+WeightSource::WeightSource(Find find, Get get, std::string where)
+    : find_(std::move(find)), get_(std::move(get)), where_(std::move(where)) {}
+
+WeightSource WeightSource::from_checkpoint(const io::Checkpoint& ck) {
+  WeightSource src([&ck](const std::string& n) { return ck.contains(n) ? ck.get(n) : Tensor(); },
+                      [&ck](const std::string& n, const Shape& s) {
+                        Tensor t = ck.get(n, s);
+                        if (t.dtype() == DType::I64 || t.dtype() == DType::U8)
+                          throw TensorError("tensor '" + n + "' in " + ck.file_of(n) + " has integer dtype " +
+                                            dtype_name(t.dtype()) + ", expected a floating-point weight");
+                        return t;
+                      },
+                      "checkpoint " + ck.dir());
+  src.release_ = [&ck](const std::string& n) { ck.release_pages(n); };
+  return src;
+}
+
+Tensor WeightSource::get(const std::string& name, const Shape& shape) const {
+  if (get_) return get_(name, shape);
+  Tensor t = find_(name);
+  if (!t.defined()) throw TensorError("tensor '" + name + "' not found in " + where_);
+  if (t.shape() != shape)
+    throw TensorError("tensor '" + name + "' in " + where_ + " has shape " + shape_str(t.shape()) + ", expected " +
+                      shape_str(shape));
+  if (t.dtype() != DType::F32 && t.dtype() != DType::F16 && t.dtype() != DType::BF16)
+    throw TensorError("tensor '" + name + "' in " + where_ + " has dtype " + dtype_name(t.dtype()) +
+                      ", expected a floating-point weight (F32, F16 or BF16)");
+  return t;
+}
+
+Tensor WeightSource::f32(const std::string& name, const Shape& shape) const {
+  const Tensor t = get(name, shape);
+  if (t.dtype() == DType::F32) return t;
+  Tensor f = t.to(DType::F32);
+  if (release_) release_(name);
+  return f;
+}
+
+bool WeightSource::is_quantised(const std::string& name) const {
+  return find_(name + ".q8_0").defined() || find_(name + ".q4_0").defined();
+}
+
+ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& shape, WeightFormat format,
+                                       WeightLayout layout) const {
+  if (shape.size() != 2) throw TensorError("matrix '" + name + "': expected a 2-d shape, got " + shape_str(shape));
+  if (is_quantised(name)) {
+    ops::WeightMatrix m;
+    try {
+      m = ops::WeightMatrix::from_tensors(name, find_);
+    } catch (const TensorError& e) {
+      throw TensorError(std::string(e.what()) + " (in " + where_ + ")");
+    }
+    if (m.rows() != shape[0] || m.cols() != shape[1])
+      throw TensorError("quantised matrix '" + name + "' in " + where_ + " has shape [" + std::to_string(m.rows()) +
+                        ", " + std::to_string(m.cols()) + "], expected " + shape_str(shape));
+    return m;
+  }
+  const Tensor t = get(name, shape);
+  if (format == WeightFormat::Q8_0 || format == WeightFormat::Q4_0) layout = WeightLayout::RowMajor;
+  ops::WeightMatrix m(t, format, layout);
+  if (m.data() != t.raw() && release_) release_(name);
+  return m;
+}
+
+std::vector<std::string> matrix_storage_names(const std::string& name) {
+  return {name, name + ".q8_0", name + ".q8_0_scale", name + ".q4_0", name + ".q4_0_scale", name + ".shape"};
+}
+
+void Linear::operator()(const ops::In<float>& x, ops::Out<float> y) const {
+  ops::LinearOptions o;
+  o.compute = compute;
+  ops::linear(x, w, b.defined() ? b.data<float>() : nullptr, y, o);
+}
+
+void Linear::operator()(const ops::In<float>& x, ops::Out<float> y, ops::Activation activation) const {
+  ops::LinearOptions o;
+  o.compute = compute;
+  o.activate = true;
+  o.activation = activation;
+  ops::linear(x, w, b.defined() ? b.data<float>() : nullptr, y, o);
+}
+
+void WeightVisitor::linear(const std::string& name, std::int64_t N, std::int64_t K, bool bias, Linear& l,
+                           MatrixRole role) const {
+  matrix(name + ".weight", {N, K}, l, role);
+  if (bias) tensor(name + ".bias", {N}, l.b);
+}
+
+WeightVisitor WeightVisitor::loader(const WeightSource& source, const WeightPolicy& policy) {
+  WeightVisitor v;
+  v.tensor = [&source](const std::string& name, const Shape& shape, Tensor& slot) { slot = source.f32(name, shape); };
+  v.matrix = [&source, policy](const std::string& name, const Shape& shape, Linear& slot, MatrixRole role) {
+    slot.w = source.matrix(name, shape, policy.format_for(role), policy.layout_for(role));
+    slot.compute = policy.compute_for(role);
+  };
+  return v;
+}
+
+WeightVisitor WeightVisitor::lister(std::vector<std::pair<std::string, Shape>>& out) {
+  WeightVisitor v;
+  v.tensor = [&out](const std::string& name, const Shape& shape, Tensor&) { out.emplace_back(name, shape); };
+  v.matrix = [&out](const std::string& name, const Shape& shape, Linear&, MatrixRole) { out.emplace_back(name, shape); };
+  return v;
+}
+
+WeightVisitor WeightVisitor::saver(std::vector<std::pair<std::string, Tensor>>& out) {
+  WeightVisitor v;
+  v.tensor = [&out](const std::string& name, const Shape&, Tensor& slot) { out.emplace_back(name, slot); };
+  v.matrix = [&out](const std::string& name, const Shape&, Linear& slot, MatrixRole) {
+    for (auto& t : slot.w.to_tensors(name)) out.push_back(std::move(t));
+  };
+  return v;
+}
+
+}  // namespace instructblip::models

@@ -1,0 +1,146 @@
+// shapes-demo: a tiny *trained* InstructBLIP (Flan-T5 style) with transformers 4.36.2's greedy and
+// beam-search answers for 16 images x 4 questions (tests/data/shapes-demo/expected.json).
+//  * float32 weights: every greedy and beam-3 sequence equals transformers' exactly;
+//  * bf16 and q8_0 weights: every greedy answer equals the float32 one (reduced precision changes
+//    no answer); q4_0 answers are counted and reported;
+//  * a checkpoint saved quantised loads back without converting and gives bit-identical logits.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "instructblip/instructblip.hpp"
+
+using namespace instructblip;
+
+namespace {
+
+const std::string kDir = std::string(IB_TEST_DATA_DIR) + "/shapes-demo";
+
+struct Item {
+  std::string image, question;
+  std::vector<std::int64_t> greedy, beam3;
+};
+
+const std::vector<Item>& items() {
+  static const std::vector<Item> all = [] {
+    std::ifstream f(kDir + "/expected.json");
+    const auto j = nlohmann::json::parse(f);
+    std::vector<Item> out;
+    for (const auto& it : j["items"])
+      for (const auto& qa : it["qa"])
+        out.push_back({it["image"].get<std::string>(), qa["question"].get<std::string>(),
+                       qa["greedy"]["ids"].get<std::vector<std::int64_t>>(),
+                       qa["beam3"]["ids"].get<std::vector<std::int64_t>>()});
+    return out;
+  }();
+  return all;
+}
+
+const InstructBlipProcessor& processor() {
+  static const InstructBlipProcessor p = InstructBlipProcessor::from_pretrained(kDir + "/model");
+  return p;
+}
+
+const InstructBlipForConditionalGeneration& model(ops::WeightFormat f) {
+  static std::map<ops::WeightFormat, InstructBlipForConditionalGeneration> cache;
+  auto it = cache.find(f);
+  if (it == cache.end()) {
+    LoadOptions lo;
+    lo.weights = f;
+    it = cache.emplace(f, InstructBlipForConditionalGeneration::from_pretrained(kDir + "/model", lo)).first;
+  }
+  return it->second;
+}
+
+std::vector<std::int64_t> answer(const InstructBlipForConditionalGeneration& m, const Item& item, int beams,
+                                 Tensor* first_logits = nullptr) {
+  static std::map<std::string, ProcessorOutput> inputs;
+  const std::string key = item.image + "|" + item.question;
+  auto it = inputs.find(key);
+  if (it == inputs.end())
+    it = inputs.emplace(key, processor()({load_image(kDir + "/" + item.image)}, {item.question})).first;
+  const ProcessorOutput& in = it->second;
+  GenerationConfig g = m.generation_config();
+  g.do_sample = false;
+  g.num_beams = beams;
+  g.max_new_tokens = 32;
+  GenerateTrace trace;
+  auto out = m.generate(in.pixel_values, in.qformer_input_ids, in.qformer_attention_mask, in.input_ids,
+                        in.attention_mask, g, {}, &trace);
+  if (first_logits) *first_logits = trace.first_step_logits;
+  return out.sequences.at(0);
+}
+
+std::string text(const std::vector<std::int64_t>& ids) { return processor().batch_decode({ids}, true).at(0); }
+
+TEST(ShapesDemo, Float32MatchesTransformersGreedyAndBeam) {
+  ASSERT_EQ(items().size(), 64u);
+  const auto& m = model(ops::WeightFormat::F32);
+  for (const Item& item : items()) {
+    EXPECT_EQ(answer(m, item, 1), item.greedy) << item.image << " / " << item.question;
+    EXPECT_EQ(answer(m, item, 3), item.beam3) << item.image << " / " << item.question << " (beam 3)";
+  }
+}
+
+// Reduced precision: the greedy answer to every question on every eval image is the float32 one.
+class ShapesDemoReduced : public ::testing::TestWithParam<ops::WeightFormat> {};
+
+TEST_P(ShapesDemoReduced, GreedyAnswersEqualFloat32) {
+  const auto& m = model(GetParam());
+  ASSERT_EQ(m.weight_format(), GetParam());
+  for (const Item& item : items())
+    EXPECT_EQ(text(answer(m, item, 1)), text(item.greedy)) << item.image << " / " << item.question;
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, ShapesDemoReduced, ::testing::Values(ops::WeightFormat::BF16, ops::WeightFormat::Q8_0),
+                         [](const auto& info) { return std::string(ops::weight_format_name(info.param)); });
+
+// 4-bit weights are reported, not required to keep every answer: how many of the 64 greedy answers
+// equal the float32 ones, and the largest first-step logit deviation.
+TEST(ShapesDemo, Q4AgreementReported) {
+  const auto& m4 = model(ops::WeightFormat::Q4_0);
+  const auto& m32 = model(ops::WeightFormat::F32);
+  int same = 0;
+  float max_dev = 0;
+  for (const Item& item : items()) {
+    Tensor l4, l32;
+    const auto a4 = answer(m4, item, 1, &l4);
+    answer(m32, item, 1, &l32);
+    same += text(a4) == text(item.greedy);
+    for (std::int64_t i = 0; i < l32.numel(); ++i) max_dev = std::max(max_dev, std::abs(l4.f(i) - l32.f(i)));
+  }
+  std::printf("[ q4_0     ] %d of %zu greedy answers equal float32; max first-step logit deviation %.4f\n", same,
+              items().size(), double(max_dev));
+  EXPECT_GT(same, 0);
+}
+
+TEST(ShapesDemo, QuantisedCheckpointLoadsAsStored) {
+  const std::string out = std::string(IB_TEST_TMP_DIR) + "/shapes-demo-q8_0";
+  const auto& m8 = model(ops::WeightFormat::Q8_0);
+  m8.save_pretrained(out);
+  struct stat st {};
+  ASSERT_EQ(::stat((out + "/model.safetensors").c_str(), &st), 0);
+  ASSERT_EQ(::stat((out + "/config.json").c_str(), &st), 0);
+  const io::Checkpoint ck = io::Checkpoint::open(out);
+  EXPECT_TRUE(ck.contains("language_model.decoder.block.0.layer.0.SelfAttention.q.weight.q8_0"));
+  EXPECT_TRUE(ck.contains("language_model.decoder.block.0.layer.0.SelfAttention.q.weight.q8_0_scale"));
+  EXPECT_FALSE(ck.contains("language_model.decoder.block.0.layer.0.SelfAttention.q.weight"));
+  EXPECT_EQ(ck.get("language_model.decoder.block.0.layer.2.DenseReluDense.wo.weight").dtype(), DType::BF16);
+  EXPECT_EQ(ck.get("vision_model.encoder.layers.0.mlp.fc1.weight").dtype(), DType::BF16);
+  // The float32 model.safetensors is 5,080,760 bytes; embeddings, norms and biases stay float32.
+  EXPECT_LT(ck.mapped_bytes(), std::size_t(0.6 * 5080760));
+
+  auto reloaded = InstructBlipForConditionalGeneration::from_pretrained(out);  // format from the metadata
+  EXPECT_EQ(reloaded.weight_format(), ops::WeightFormat::Q8_0);
+  for (std::size_t i = 0; i < items().size(); i += 13) {
+    Tensor a, b;
+    EXPECT_EQ(answer(reloaded, items()[i], 1, &a), answer(m8, items()[i], 1, &b));
+    ASSERT_EQ(a.numel(), b.numel());
+    EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << "first-step logits differ after the round trip";
+  }
+}
+
+}  // namespace
