@@ -99,17 +99,20 @@ void copy_file(const std::string& from, const std::string& to) {
 int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help")) {
     std::fprintf(stderr,
-                 "usage: %s OUT_DIR [--processor-from DIR] [--dtype f32|bf16]\n"
-                 "writes a random-weight InstructBLIP-Flan-T5-XL checkpoint (vision ViT-g/14, Q-Former, Flan-T5-XL)\n",
+                 "usage: %s OUT_DIR [--processor-from DIR] [--dtype f32|bf16] [--max-shard-gb N]\n"
+                 "writes a random-weight InstructBLIP-Flan-T5-XL checkpoint (vision ViT-g/14, Q-Former, Flan-T5-XL):\n"
+                 "one model.safetensors, or shards of at most N GB with model.safetensors.index.json\n",
                  argv[0]);
     return 2;
   }
   const std::string out = argv[1];
   std::string processor_from = "models/tiny-random-flan-t5";
   DType dtype = DType::F32;
+  double max_shard_gb = 0;  // 0: one file
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--processor-from")) processor_from = argv[i + 1];
     else if (!std::strcmp(argv[i], "--dtype")) dtype = !std::strcmp(argv[i + 1], "bf16") ? DType::BF16 : DType::F32;
+    else if (!std::strcmp(argv[i], "--max-shard-gb")) max_shard_gb = std::atof(argv[i + 1]);
   }
   try {
     std::system(("mkdir -p '" + out + "/qformer_tokenizer'").c_str());
@@ -128,40 +131,71 @@ int main(int argc, char** argv) {
     for (auto& s : t5_specs(cfg.t5(), "language_model.")) specs.push_back(s);
     std::sort(specs.begin(), specs.end());
 
-    nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    header["__metadata__"] = {{"format", "pt"}};
-    std::uint64_t off = 0;
-    for (const auto& [name, shape] : specs) {
-      const std::uint64_t bytes = std::uint64_t(shape_numel(shape)) * dtype_size(dtype);
-      header[name] = {{"dtype", dtype_name(dtype)}, {"shape", shape}, {"data_offsets", {off, off + bytes}}};
-      off += bytes;
+    // Shards: consecutive tensors (in name order) up to max_shard_gb each.
+    std::vector<Specs> shards(1);
+    std::uint64_t in_shard = 0, total = 0;
+    for (const auto& spec : specs) {
+      const std::uint64_t bytes = std::uint64_t(shape_numel(spec.second)) * dtype_size(dtype);
+      if (max_shard_gb > 0 && in_shard > 0 && double(in_shard + bytes) > max_shard_gb * 1e9) {
+        shards.emplace_back();
+        in_shard = 0;
+      }
+      shards.back().push_back(spec);
+      in_shard += bytes;
+      total += bytes;
     }
-    std::string h = header.dump();
-    while (h.size() % 8) h.push_back(' ');
-    std::FILE* f = std::fopen((out + "/model.safetensors").c_str(), "wb");
-    if (!f) throw IoError(out + "/model.safetensors: cannot open for writing");
-    std::uint64_t n = h.size();
-    std::fwrite(&n, 8, 1, f);
-    std::fwrite(h.data(), 1, h.size(), f);
     std::uint64_t state = 0x9E3779B97F4A7C15ull;
     std::vector<float> buf;
     std::vector<std::uint16_t> half;
-    for (const auto& [name, shape] : specs) {
-      const std::int64_t numel = shape_numel(shape);
-      // 1-d ".weight" tensors are exactly the norms' scales
-      const bool norm = shape.size() == 1 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-      buf.resize(std::size_t(numel));
-      fill(buf.data(), numel, shape.size() > 1 ? shape.back() : 1, norm, state);
-      if (dtype == DType::F32) {
-        std::fwrite(buf.data(), 4, buf.size(), f);
-      } else {
-        half.resize(buf.size());
-        convert_from_f32(buf.data(), DType::BF16, half.data(), buf.size());
-        std::fwrite(half.data(), 2, half.size(), f);
+    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    for (std::size_t si = 0; si < shards.size(); ++si) {
+      char fname[64];
+      if (shards.size() == 1)
+        std::snprintf(fname, sizeof fname, "model.safetensors");
+      else
+        std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", si + 1, shards.size());
+      nlohmann::ordered_json header = nlohmann::ordered_json::object();
+      header["__metadata__"] = {{"format", "pt"}};
+      std::uint64_t off = 0;
+      for (const auto& [name, shape] : shards[si]) {
+        const std::uint64_t bytes = std::uint64_t(shape_numel(shape)) * dtype_size(dtype);
+        header[name] = {{"dtype", dtype_name(dtype)}, {"shape", shape}, {"data_offsets", {off, off + bytes}}};
+        off += bytes;
+        weight_map[name] = fname;
       }
+      std::string h = header.dump();
+      while (h.size() % 8) h.push_back(' ');
+      const std::string path = out + "/" + fname;
+      std::FILE* f = std::fopen(path.c_str(), "wb");
+      if (!f) throw IoError(path + ": cannot open for writing");
+      std::uint64_t n = h.size();
+      std::fwrite(&n, 8, 1, f);
+      std::fwrite(h.data(), 1, h.size(), f);
+      for (const auto& [name, shape] : shards[si]) {
+        const std::int64_t numel = shape_numel(shape);
+        // 1-d ".weight" tensors are exactly the norms' scales
+        const bool norm = shape.size() == 1 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+        buf.resize(std::size_t(numel));
+        fill(buf.data(), numel, shape.size() > 1 ? shape.back() : 1, norm, state);
+        if (dtype == DType::F32) {
+          std::fwrite(buf.data(), 4, buf.size(), f);
+        } else {
+          half.resize(buf.size());
+          convert_from_f32(buf.data(), DType::BF16, half.data(), buf.size());
+          std::fwrite(half.data(), 2, half.size(), f);
+        }
+      }
+      if (std::fclose(f) != 0) throw IoError(path + ": write failed");
     }
-    if (std::fclose(f) != 0) throw IoError(out + "/model.safetensors: write failed");
-    std::printf("%s: %zu tensors, %.2f GB\n", out.c_str(), specs.size(), double(off) / 1e9);
+    if (shards.size() > 1) {
+      nlohmann::ordered_json index;
+      index["metadata"] = {{"total_size", total}};
+      index["weight_map"] = weight_map;
+      std::ofstream(out + "/model.safetensors.index.json") << index.dump(2);
+    }
+    const std::uint64_t off = total;
+    std::printf("%s: %zu tensors, %.2f GB in %zu file(s)\n", out.c_str(), specs.size(), double(off) / 1e9,
+                shards.size());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "instructblip-random-checkpoint: %s\n", e.what());
     return 1;
