@@ -82,6 +82,16 @@ struct FullModel {
   std::unique_ptr<models::VisionModel> vision;
   std::unique_ptr<models::QFormer> qformer;
   std::unique_ptr<models::QueryProjector> projector;
+  // The same weights kept as bf16 panels with bf16 arithmetic (WeightPolicy under --weights bf16).
+  std::unique_ptr<models::VisionModel> vision_bf16;
+  std::unique_ptr<models::QFormer> qformer_bf16;
+
+  const models::VisionModel& vision_for(ops::WeightFormat f) const {
+    return f == ops::WeightFormat::F32 ? *vision : *vision_bf16;
+  }
+  const models::QFormer& qformer_for(ops::WeightFormat f) const {
+    return f == ops::WeightFormat::F32 ? *qformer : *qformer_bf16;
+  }
 
   static FullModel& get() {
     static FullModel m = [] {
@@ -99,6 +109,10 @@ struct FullModel {
       fm.vision = std::make_unique<models::VisionModel>(fm.config.vision_config, fm.checkpoint);
       fm.qformer = std::make_unique<models::QFormer>(fm.config.qformer_config, fm.checkpoint);
       fm.projector = std::make_unique<models::QueryProjector>(fm.config, fm.checkpoint);
+      models::WeightPolicy bf16;
+      bf16.format = ops::WeightFormat::BF16;
+      fm.vision_bf16 = std::make_unique<models::VisionModel>(fm.config.vision_config, fm.checkpoint, "vision_model.", bf16);
+      fm.qformer_bf16 = std::make_unique<models::QFormer>(fm.config.qformer_config, fm.checkpoint, "qformer.", bf16);
       return fm;
     }();
     return m;
@@ -115,18 +129,29 @@ Tensor random_tensor(const Shape& shape, std::uint64_t seed) {
 void BM_VisionForward(benchmark::State& state) {
   FullModel& m = FullModel::get();
   const std::int64_t B = state.range(0);
+  const auto format = static_cast<ops::WeightFormat>(state.range(1));
+  const models::VisionModel& vision = m.vision_for(format);
   const Tensor pixels = random_tensor({B, 3, 224, 224}, 7);
-  m.vision->forward(pixels);  // warm-up: faults the mapped weights in
+  vision.forward(pixels);  // warm-up: faults the mapped weights in
   for (auto _ : state) {
-    models::VisionOutput out = m.vision->forward(pixels);
+    models::VisionOutput out = vision.forward(pixels);
     benchmark::DoNotOptimize(out.last_hidden_state.raw());
   }
   state.counters["GFLOPS"] =
-      benchmark::Counter(m.vision->flops(B) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+      benchmark::Counter(vision.flops(B) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["images/s"] = benchmark::Counter(double(B), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = num_threads();
+  state.SetLabel(format == ops::WeightFormat::F32 ? "f32" : "bf16 weights + bf16 arithmetic");
 }
-BENCHMARK(BM_VisionForward)->ArgName("batch")->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+// format: 0 float32, 1 bf16 (ops::WeightFormat)
+BENCHMARK(BM_VisionForward)
+    ->ArgNames({"batch", "format"})
+    ->Args({1, 0})
+    ->Args({4, 0})
+    ->Args({1, 1})
+    ->Args({4, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 void BM_QFormerForward(benchmark::State& state) {
   FullModel& m = FullModel::get();
@@ -136,8 +161,9 @@ void BM_QFormerForward(benchmark::State& state) {
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int64_t(101 + (i * 7919) % 29000);
   const Tensor input_ids = Tensor::from_vector({B, T}, ids);
   const Tensor mask = Tensor::from_vector({B, T}, std::vector<std::int64_t>(ids.size(), 1));
+  const auto format = static_cast<ops::WeightFormat>(state.range(1));
   auto run = [&] {
-    models::QFormerOutput q = m.qformer->forward(m.projector->query_tokens(), input_ids, mask, image);
+    models::QFormerOutput q = m.qformer_for(format).forward(m.projector->query_tokens(), input_ids, mask, image);
     return m.projector->project(q.last_hidden_state);
   };
   run();  // warm-up
@@ -150,7 +176,13 @@ void BM_QFormerForward(benchmark::State& state) {
                            double(m.config.text_hidden_size());
   state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = num_threads();
+  state.SetLabel(format == ops::WeightFormat::F32 ? "f32" : "bf16 weights + bf16 arithmetic (projection f32)");
 }
-BENCHMARK(BM_QFormerForward)->ArgName("batch")->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_QFormerForward)
+    ->ArgNames({"batch", "format"})
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace

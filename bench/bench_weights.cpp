@@ -204,11 +204,15 @@ BENCHMARK(BM_f32_gemm)
     ->Apply(f32_shapes)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+// 24 / 96 MiB are cache-resident on CPUs with large L3s (this one has 480 MiB); 2 GiB is DRAM,
+// the regime of a decode step (GBs of weights per token).
 BENCHMARK(BM_read_bandwidth)
     ->ArgNames({"MiB", "threads"})
     ->Args({24, 1})
     ->Args({24, 2})
     ->Args({96, 1})
     ->Args({96, 2})
+    ->Args({2048, 1})
+    ->Args({2048, 2})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
