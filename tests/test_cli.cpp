@@ -29,10 +29,10 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
-Result run_cli(const std::vector<std::string>& args) {
+Result run_program(const std::string& program, const std::vector<std::string>& args) {
   // per process: CTest runs the cases of this file in parallel
   const std::string err_file = ibtest::tmp_dir() + "/cli_stderr_" + std::to_string(::getpid()) + ".txt";
-  std::string cmd = quote(IB_CLI_PATH);
+  std::string cmd = quote(program);
   for (const auto& a : args) cmd += " " + quote(a);
   cmd += " 2>" + quote(err_file) + " </dev/null";
   Result r;
@@ -47,6 +47,8 @@ Result run_cli(const std::vector<std::string>& args) {
   r.err.assign(std::istreambuf_iterator<char>(e), {});
   return r;
 }
+
+Result run_cli(const std::vector<std::string>& args) { return run_program(IB_CLI_PATH, args); }
 
 std::vector<std::string> input_args(const Reference& ref, const std::string& input) {
   std::vector<std::string> a = {"--model", ref.model_dir()};
@@ -129,6 +131,20 @@ TEST_P(CliReference, DumpTensorsEqualReferenceStages) {
   }
 }
 
+TEST_P(CliReference, WeightsFlagChoosesTheFormat) {
+  Reference ref(GetParam());
+  for (const char* f : {"bf16", "q8_0"}) {
+    auto args = input_args(ref, "a");
+    args.insert(args.end(), {"--json", "--quiet", "--max-new-tokens", "5", "--weights", f});
+    Result r = run_cli(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["weights"], f);
+    EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
+    EXPECT_EQ(j["sequences"].size(), 1u);
+  }
+}
+
 TEST_P(CliReference, PlainModeStreamsTheAnswer) {
   Reference ref(GetParam());
   auto args = input_args(ref, "a");
@@ -184,6 +200,7 @@ TEST(Cli, BadInputsGiveOneLineAndTheirExitStatus) {
       {{"--model", model, "--image", image}, 2, "--prompt"},
       {{"--image", image, "--prompt", "x"}, 2, "--model"},
       {{"--model", model, "--image", image, "--prompt", "x", "--seed"}, 2, "--seed needs a value"},
+      {{"--model", model, "--image", image, "--prompt", "x", "--weights", "q3"}, 2, "--weights"},
       {{"--model", model, "--image", image, "--prompt", std::string("bad \xff\xfe utf-8")}, 2, "UTF-8"},
   };
   for (const auto& c : cases) {
@@ -193,6 +210,28 @@ TEST(Cli, BadInputsGiveOneLineAndTheirExitStatus) {
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
     EXPECT_TRUE(r.out.empty()) << r.out;
   }
+}
+
+// instructblip-quantize writes a complete checkpoint directory that instructblip-generate maps as stored.
+TEST(Cli, QuantizeWritesALoadableCheckpoint) {
+  const std::string model = ibtest::data_dir() + "/shapes-demo/model";
+  const std::string out = ibtest::tmp_dir() + "/quantized-" + std::to_string(::getpid());
+  Result q = run_program(IB_QUANTIZE_PATH, {"--model", model, "--weights", "q8_0", "--out", out});
+  ASSERT_EQ(q.status, 0) << q.err;
+  Result r = run_cli({"--model", out, "--image", ibtest::data_dir() + "/shapes-demo/images/red-circle-on-green.png",
+                      "--prompt", "What shape is in the image?", "--json", "--quiet"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["weights"], "q8_0");  // recorded in the checkpoint
+  EXPECT_EQ(j["texts"][0], "a circle");
+  // bad inputs: one line, exit status 2 for usage, 1 for a missing model
+  Result bad = run_program(IB_QUANTIZE_PATH, {"--model", model, "--weights", "q3", "--out", out});
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_TRUE(one_line(bad.err)) << bad.err;
+  Result missing = run_program(IB_QUANTIZE_PATH, {"--model", out + "-missing", "--weights", "q8_0", "--out", out + "2"});
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_TRUE(one_line(missing.err)) << missing.err;
+  std::system(("rm -rf " + quote(out)).c_str());
 }
 
 TEST(CliArgs, ParsesPairsAndRejectsBadValues) {

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -141,6 +143,51 @@ TEST(ShapesDemo, QuantisedCheckpointLoadsAsStored) {
     ASSERT_EQ(a.numel(), b.numel());
     EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << "first-step logits differ after the round trip";
   }
+}
+
+// A damaged quantised checkpoint is a clear error naming the tensor or the setting.
+TEST(ShapesDemo, DamagedQuantisedCheckpointsAreClearErrors) {
+  const std::string good = std::string(IB_TEST_TMP_DIR) + "/shapes-demo-q8_0-src";
+  model(ops::WeightFormat::Q8_0).save_pretrained(good);
+  const io::Checkpoint ck = io::Checkpoint::open(good);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& n : ck.names()) tensors.emplace_back(n, ck.get(n).clone());
+  const std::string victim = "language_model.decoder.block.0.layer.0.SelfAttention.q.weight";
+  auto write = [&](const std::string& dir, std::vector<std::pair<std::string, Tensor>> ts,
+                   std::map<std::string, std::string> meta) {
+    io::save_checkpoint(dir, ts, meta, std::size_t(1) << 40);
+    std::ifstream in(good + "/config.json");
+    std::ofstream(dir + "/config.json") << in.rdbuf();
+  };
+  const std::map<std::string, std::string> meta{{"format", "pt"}, {"instructblip.weights", "q8_0"}};
+  {  // scales of the wrong shape
+    auto ts = tensors;
+    for (auto& t : ts)
+      if (t.first == victim + ".q8_0_scale") t.second = Tensor::zeros({1, 1}, DType::F16);
+    const std::string dir = std::string(IB_TEST_TMP_DIR) + "/shapes-demo-bad-scale";
+    write(dir, ts, meta);
+    try {
+      InstructBlipForConditionalGeneration::from_pretrained(dir);
+      ADD_FAILURE() << "expected TensorError";
+    } catch (const TensorError& e) {
+      EXPECT_NE(std::string(e.what()).find(victim), std::string::npos) << e.what();
+    }
+  }
+  {  // quantised data without its scales
+    auto ts = tensors;
+    ts.erase(std::remove_if(ts.begin(), ts.end(), [&](const auto& t) { return t.first == victim + ".q8_0_scale"; }),
+             ts.end());
+    const std::string dir = std::string(IB_TEST_TMP_DIR) + "/shapes-demo-no-scale";
+    write(dir, ts, meta);
+    EXPECT_THROW(InstructBlipForConditionalGeneration::from_pretrained(dir), TensorError);
+  }
+  {  // an unknown recorded format
+    const std::string dir = std::string(IB_TEST_TMP_DIR) + "/shapes-demo-bad-meta";
+    write(dir, tensors, {{"format", "pt"}, {"instructblip.weights", "q3_k"}});
+    EXPECT_THROW(InstructBlipForConditionalGeneration::from_pretrained(dir), FormatError);
+  }
+  // an unwritable destination
+  EXPECT_THROW(model(ops::WeightFormat::Q8_0).save_pretrained("/proc/no-such-dir/out"), IoError);
 }
 
 }  // namespace
