@@ -41,6 +41,11 @@
 #define IB_W_BF16 1
 #endif
 
+#ifdef IB_W_AVX512
+#define IB_AVX512_FN
+#include "avx512_util.hpp"
+#endif
+
 namespace instructblip::ops {
 
 namespace {
@@ -591,11 +596,6 @@ inline void prefetch_ahead(const void* p) {
   _mm_prefetch(static_cast<const char*>(p) + IB_GEMV_PREFETCH, _MM_HINT_T0);
 }
 
-inline __mmask16 mask16(std::int64_t n) { return n >= 16 ? __mmask16(0xffff) : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
-inline __mmask32 mask32(std::int64_t n) {
-  return n >= 32 ? __mmask32(0xffffffffu) : n <= 0 ? 0 : __mmask32((1u << n) - 1);
-}
-
 // ---- F32 streaming kernel: MB activation rows against weight rows [n0, n1).
 template <int MB>
 void gemv_f32_avx512(const float* Wd, const GemvArgs& g, std::int64_t m0, std::int64_t n0, std::int64_t n1) {
@@ -750,29 +750,6 @@ void gemv_q_avx512(const WeightMatrix& W, const GemvArgs& g, const QuantAct& qa,
     }
     const float b = g.bias ? g.bias[n] : 0.f;
     for (int m = 0; m < MB; ++m) g.y[(m0 + m) * g.ldy + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m])) + b;
-  }
-}
-
-// 16x16 transpose of 32-bit elements: r[i] holds row i; afterwards r[j] holds column j.
-inline void transpose16x16(__m512i r[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512i v = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), w = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-    r[c] = _mm512_shuffle_i32x4(v, v2, 0x88);
-    r[8 + c] = _mm512_shuffle_i32x4(v, v2, 0xdd);
-    r[4 + c] = _mm512_shuffle_i32x4(w, w2, 0x88);
-    r[12 + c] = _mm512_shuffle_i32x4(w, w2, 0xdd);
   }
 }
 

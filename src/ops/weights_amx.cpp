@@ -38,6 +38,10 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#define IB_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+#define IB_AVX512_FN IB_AVX512_TARGET
+#include "avx512_util.hpp"
 #endif
 
 namespace instructblip::ops::detail {
@@ -53,7 +57,6 @@ void gemm_amx_bf16(const WeightMatrix&, const AmxGemmArgs&) {
 
 namespace {
 
-#define IB_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
 // The GCC tile intrinsics are asm statements without a memory clobber: order them against the
 // ordinary loads / stores of the same buffers explicitly.
 #define IB_MEM_BARRIER() __asm__ __volatile__("" ::: "memory")
@@ -95,37 +98,6 @@ std::unique_ptr<T, FreeDeleter> aligned_buffer(std::size_t n) {
 }
 
 constexpr std::int64_t kMaxGroupsPerBlock = 64;  // 32-k groups per K block (2048 k)
-
-IB_AVX512_TARGET inline __mmask16 mask16(std::int64_t n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-IB_AVX512_TARGET inline __mmask32 mask32(std::int64_t n) {
-  return n >= 32 ? __mmask32(0xffffffffu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
-}
-
-// 16x16 transpose of 32-bit elements: r[i] holds row i; afterwards r[j] holds column j.
-IB_AVX512_TARGET inline void transpose16x16(__m512i r[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512i v = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), w = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88),
-                  w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-    r[c] = _mm512_shuffle_i32x4(v, v2, 0x88);
-    r[8 + c] = _mm512_shuffle_i32x4(v, v2, 0xdd);
-    r[4 + c] = _mm512_shuffle_i32x4(w, w2, 0x88);
-    r[12 + c] = _mm512_shuffle_i32x4(w, w2, 0xdd);
-  }
-}
 
 // `rows` (<= 32) rows of bf16 (row stride ld elements, `nvalid` valid elements from src) into
 // the panel layout Bp[kw][32] (32-bit bf16 pairs) for kw in [0, kwn), kwn a multiple of 16.
