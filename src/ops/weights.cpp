@@ -720,37 +720,63 @@ void gemv_q_avx512(const WeightMatrix& W, const GemvArgs& g, const QuantAct& qa,
     nc[m] = VNNI ? qa.negc.p + (m0 + m) * (Kp / 4) : nullptr;
     dx[m] = qa.dxe.p + (m0 + m) * P * 16;
   }
-  for (std::int64_t n = n0; n < n1; ++n) {
-    const std::uint8_t* w = base + n * row_bytes;
-    const std::uint16_t* s = W.scales() + n * (Kp / QK);
-    __m512 a0[MB], a1[MB];
-    for (int m = 0; m < MB; ++m) a0[m] = a1[m] = _mm512_setzero_ps();
-    auto pair = [&](std::int64_t p, __m512 sw, __m512* acc) {
-      prefetch_ahead(w + p * step_bytes);
-      const __m512i wv = q_weights<Q4, VNNI>(w + p * step_bytes);
+  // One activation row (decoding): two weight rows per pass share the activation loads.
+  constexpr int NR = MB == 1 ? 2 : 1;
+  std::int64_t n = n0;
+  auto rows = [&](auto nr_c) {
+    constexpr int R = decltype(nr_c)::value;
+    const std::uint8_t* w[R];
+    const std::uint16_t* s[R];
+    __m512 a0[R][MB], a1[R][MB];
+    for (int r = 0; r < R; ++r) {
+      w[r] = base + (n + r) * row_bytes;
+      s[r] = W.scales() + (n + r) * (Kp / QK);
+      for (int m = 0; m < MB; ++m) a0[r][m] = a1[r][m] = _mm512_setzero_ps();
+    }
+    auto pair = [&](std::int64_t p, const __m512* sw, __m512 (*acc)[MB]) {
+      __m512i wv[R];
+      for (int r = 0; r < R; ++r) {
+        prefetch_ahead(w[r] + p * step_bytes);
+        wv[r] = q_weights<Q4, VNNI>(w[r] + p * step_bytes);
+      }
       for (int m = 0; m < MB; ++m) {
         const __m512i negc = VNNI ? _mm512_load_si512(nc[m] + p * 16) : _mm512_setzero_si512();
-        const __m512i d = q_dot<VNNI>(negc, wv, _mm512_load_si512(xq[m] + p * 64));
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, _mm512_load_ps(dx[m] + p * 16)), acc[m]);
+        const __m512i xv = _mm512_load_si512(xq[m] + p * 64);
+        const __m512 dxv = _mm512_load_ps(dx[m] + p * 16);
+        for (int r = 0; r < R; ++r) {
+          const __m512i d = q_dot<VNNI>(negc, wv[r], xv);
+          acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw[r], dxv), acc[r][m]);
+        }
       }
     };
     std::int64_t p = 0;
     for (; p + 4 <= P; p += 4) {
-      const __m512 s8 = _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 2 * p))));
-      pair(p + 0, _mm512_permutexvar_ps(idx[0], s8), a0);
-      pair(p + 1, _mm512_permutexvar_ps(idx[1], s8), a1);
-      pair(p + 2, _mm512_permutexvar_ps(idx[2], s8), a0);
-      pair(p + 3, _mm512_permutexvar_ps(idx[3], s8), a1);
+      __m512 s8[R];
+      for (int r = 0; r < R; ++r)
+        s8[r] = _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[r] + 2 * p))));
+      for (int j = 0; j < 4; ++j) {
+        __m512 sw[R];
+        for (int r = 0; r < R; ++r) sw[r] = _mm512_permutexvar_ps(idx[j], s8[r]);
+        pair(p + j, sw, j % 2 ? a1 : a0);
+      }
     }
     for (; p < P; ++p) {
-      std::uint32_t two;
-      std::memcpy(&two, s + 2 * p, 4);
-      const __m512 s2 = _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(int(two))));
-      pair(p, _mm512_permutexvar_ps(idx[0], s2), a0);
+      __m512 sw[R];
+      for (int r = 0; r < R; ++r) {
+        std::uint32_t two;
+        std::memcpy(&two, s[r] + 2 * p, 4);
+        sw[r] = _mm512_permutexvar_ps(idx[0], _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(int(two)))));
+      }
+      pair(p, sw, a0);
     }
-    const float b = g.bias ? g.bias[n] : 0.f;
-    for (int m = 0; m < MB; ++m) g.y[(m0 + m) * g.ldy + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m])) + b;
-  }
+    for (int r = 0; r < R; ++r) {
+      const float b = g.bias ? g.bias[n + r] : 0.f;
+      for (int m = 0; m < MB; ++m)
+        g.y[(m0 + m) * g.ldy + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r][m], a1[r][m])) + b;
+    }
+  };
+  for (; n + NR <= n1; n += NR) rows(std::integral_constant<int, NR>{});
+  for (; n < n1; ++n) rows(std::integral_constant<int, 1>{});
 }
 
 #endif  // IB_W_AVX512
