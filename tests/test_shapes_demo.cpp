@@ -3,7 +3,7 @@
 //  * float32 weights: every greedy and beam-3 sequence equals transformers' exactly;
 //  * bf16 and q8_0 weights: every greedy answer equals the float32 one (reduced precision changes
 //    no answer); q4_0 answers are counted and reported;
-//  * a checkpoint saved quantised loads back without converting and gives bit-identical logits.
+//  * a checkpoint saved quantised loads back without converting (the same bytes) and gives the same answers.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "instructblip/instructblip.hpp"
+#include "instructblip/models/t5.hpp"
 
 using namespace instructblip;
 
@@ -137,11 +138,30 @@ TEST(ShapesDemo, QuantisedCheckpointLoadsAsStored) {
 
   auto reloaded = InstructBlipForConditionalGeneration::from_pretrained(out);  // format from the metadata
   EXPECT_EQ(reloaded.weight_format(), ops::WeightFormat::Q8_0);
-  for (std::size_t i = 0; i < items().size(); i += 13) {
+  // The language model's matrices are the saved bytes, not quantised again.
+  const auto lm_weights = [](const InstructBlipForConditionalGeneration& m) {
+    return static_cast<const models::T5Model&>(m.language_model()).named_weights();
+  };
+  const auto before = lm_weights(m8), after = lm_weights(reloaded);
+  ASSERT_EQ(before.size(), after.size());
+  for (std::size_t i = 0; i < before.size(); ++i) {
+    ASSERT_EQ(before[i].first, after[i].first);
+    ASSERT_EQ(before[i].second.nbytes(), after[i].second.nbytes()) << before[i].first;
+    EXPECT_EQ(0, std::memcmp(before[i].second.raw(), after[i].second.raw(), before[i].second.nbytes()))
+        << before[i].first;
+  }
+  // The vision encoder and Q-Former now read their bf16 matrices in place (row-major) instead of
+  // the panels the in-memory model packed: the same bf16 products, blocked differently.
+  for (std::size_t i = 0; i < items().size(); i += 7) {
     Tensor a, b;
     EXPECT_EQ(answer(reloaded, items()[i], 1, &a), answer(m8, items()[i], 1, &b));
     ASSERT_EQ(a.numel(), b.numel());
-    EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << "first-step logits differ after the round trip";
+    double dev = 0, ref = 0;
+    for (std::int64_t k = 0; k < a.numel(); ++k) {
+      dev = std::max(dev, double(std::abs(a.f(k) - b.f(k))));
+      ref = std::max(ref, double(std::abs(b.f(k))));
+    }
+    EXPECT_LE(dev, 1e-3 * ref) << "first-step logits after the round trip";
   }
 }
 

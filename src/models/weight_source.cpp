@@ -15,7 +15,7 @@ WeightFormat WeightPolicy::format_for(MatrixRole role) const {
     case MatrixRole::Vision:
     case MatrixRole::QFormer: return WeightFormat::BF16;
     case MatrixRole::Text: return format;
-    case MatrixRole::T5FfnOut: return format == WeightFormat::BF16 ? WeightFormat::F32 : WeightFormat::BF16;
+    case MatrixRole::T5FfnOut: return WeightFormat::BF16;
     case MatrixRole::OutputHead: return format == WeightFormat::Q4_0 ? WeightFormat::Q8_0 : format;
   }
   return format;
@@ -92,6 +92,11 @@ ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& sha
   }
   const Tensor t = get(name, shape);
   if (format == WeightFormat::Q8_0 || format == WeightFormat::Q4_0) layout = WeightLayout::RowMajor;
+  // A matrix stored in the requested format is used in place (mapped, not read at load): the
+  // kernels pack row-major bf16 per call, which costs little next to a many-row product.
+  const bool in_place = (format == WeightFormat::BF16 && t.dtype() == DType::BF16) ||
+                        (format == WeightFormat::F32 && t.dtype() == DType::F32);
+  if (in_place) layout = WeightLayout::RowMajor;
   ops::WeightMatrix m(t, format, layout);
   if (m.data() != t.raw() && release_) release_(name);
   return m;

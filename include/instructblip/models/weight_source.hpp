@@ -35,14 +35,15 @@ enum class MatrixRole : std::uint8_t {
 /// | format | Vision / QFormer            | Text      | T5FfnOut | OutputHead |
 /// |--------|-----------------------------|-----------|----------|------------|
 /// | f32    | f32                         | f32       | f32      | f32        |
-/// | bf16   | bf16 panels, bf16 compute   | bf16      | f32      | bf16       |
+/// | bf16   | bf16 panels, bf16 compute   | bf16      | bf16     | bf16       |
 /// | q8_0   | bf16 panels, bf16 compute   | q8_0      | bf16     | q8_0       |
 /// | q4_0   | bf16 panels, bf16 compute   | q4_0      | bf16     | q8_0       |
 ///
 /// The vision encoder and the Q-Former are compute-bound, so quantising them saves no time; they
-/// stay bf16 under every reduced format. T5's `wo` stays float32 under bf16 as transformers keeps
-/// it (`_keep_in_fp32_modules = ["wo"]`) and bf16 under 8 / 4 bits. The output head is never
-/// below 8 bits. Products over many rows (prefill) of the language model use float32 arithmetic
+/// stay bf16 under every reduced format (a bf16 checkpoint's matrices are used in place, row-major;
+/// converted ones are packed into panels). T5's FFN output projection `wo` is never quantised:
+/// transformers keeps it in float32 against float16 overflow (`_keep_in_fp32_modules`); bfloat16
+/// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits. Products over many rows (prefill) of the language model use float32 arithmetic
 /// on the exact (dequantised) weights; one-row products stream the stored weights.
 struct WeightPolicy {
   ops::WeightFormat format = ops::WeightFormat::F32;
