@@ -243,6 +243,7 @@ TEST(LlamaReference, Bf16WeightStorageMatches) {
   // llama-tiny is stored in bf16: keeping it in bf16 gives the same values as the f32 model.
   LlamaOptions opt;
   opt.weights.format = ops::WeightFormat::BF16;
+  opt.weights.bf16_arithmetic = false;  // bf16 storage, float32 arithmetic
   LlamaModel m(Fixture::get().cfg, Fixture::get().ckpt, "language_model.", opt);
   EXPECT_EQ(m.decode_weight_bytes() * 2, tiny_model().decode_weight_bytes());
   LmInput in = lm_input(m, "b");
@@ -378,6 +379,7 @@ TEST(LlamaModelApi, RejectsRopeScalingAndMissingHead) {
   w["language_model.lm_head.weight"] = Fixture::get().ckpt.get("language_model.lm_head.weight");
   LlamaOptions opt;
   opt.weights.format = ops::WeightFormat::BF16;
+  opt.weights.bf16_arithmetic = false;  // bf16 storage, float32 arithmetic
   EXPECT_NO_THROW(LlamaModel(Fixture::get().cfg, w, "language_model.", opt));
 }
 
@@ -490,6 +492,7 @@ TEST(LlamaTiedGqa, StepByStepEqualsForward) {
   // bf16 storage of an f32 checkpoint: rounded weights, but decoding and forward still agree.
   LlamaOptions opt;
   opt.weights.format = ops::WeightFormat::BF16;
+  opt.weights.bf16_arithmetic = false;  // bf16 storage, float32 arithmetic
   LlamaModel mb(c, ck, "language_model.", opt);
   EXPECT_LT(decode_vs_forward(mb, ids, B, T, 4), 1e-4);
 }

@@ -151,7 +151,8 @@ TEST(ShapesDemo, QuantisedCheckpointLoadsAsStored) {
         << before[i].first;
   }
   // The vision encoder and Q-Former now read their bf16 matrices in place (row-major) instead of
-  // the panels the in-memory model packed: the same bf16 products, blocked differently.
+  // the panels the in-memory model packed: the same bf16 products, blocked differently (and the
+  // bf16-rounded activations downstream may round the other way).
   for (std::size_t i = 0; i < items().size(); i += 7) {
     Tensor a, b;
     EXPECT_EQ(answer(reloaded, items()[i], 1, &a), answer(m8, items()[i], 1, &b));
@@ -161,7 +162,7 @@ TEST(ShapesDemo, QuantisedCheckpointLoadsAsStored) {
       dev = std::max(dev, double(std::abs(a.f(k) - b.f(k))));
       ref = std::max(ref, double(std::abs(b.f(k))));
     }
-    EXPECT_LE(dev, 1e-3 * ref) << "first-step logits after the round trip";
+    EXPECT_LE(dev, 1e-2 * ref) << "first-step logits after the round trip";  // bf16 rounding of activations
   }
 }
 

@@ -328,6 +328,7 @@ InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_
                         kWeightsMetadataKey + " (expected f32, bf16, q8_0 or q4_0)");
   }
   impl->weight_format = policy.format;
+  policy.bf16_arithmetic = options.bf16_arithmetic;
   const models::WeightSource source = models::WeightSource::from_checkpoint(ck);
   impl->vision = std::make_unique<models::VisionModel>(impl->config.vision_config, source, "vision_model.", policy);
   impl->qformer = std::make_unique<models::QFormer>(impl->config.qformer_config, source, "qformer.", policy);

@@ -26,9 +26,8 @@ WeightLayout WeightPolicy::layout_for(MatrixRole role) const {
   return many_rows && format_for(role) == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
 }
 
-GemmCompute WeightPolicy::compute_for(MatrixRole role) const {
-  const bool many_rows = role == MatrixRole::Vision || role == MatrixRole::QFormer;
-  return many_rows && format != WeightFormat::F32 ? GemmCompute::BF16 : GemmCompute::F32;
+GemmCompute WeightPolicy::compute_for(MatrixRole) const {
+  return format != WeightFormat::F32 && bf16_arithmetic ? GemmCompute::BF16 : GemmCompute::F32;
 }
 
 WeightSource::WeightSource(Find find, std::string where) : find_(std::move(find)), where_(std::move(where)) {}

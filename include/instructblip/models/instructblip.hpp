@@ -46,6 +46,9 @@ struct LoadOptions {
   /// records ("instructblip.weights" in its safetensors metadata), else f32 (transformers'
   /// float32 numerics). Matrices a checkpoint stores quantised are always used as stored.
   std::optional<ops::WeightFormat> weights;
+  /// Under a reduced format: bf16 arithmetic for many-row products (default, as a bf16 model
+  /// computes), or false for float32 arithmetic on the stored weights (models::WeightPolicy).
+  bool bf16_arithmetic = true;
 };
 
 class InstructBlipForConditionalGeneration {

@@ -43,10 +43,17 @@ enum class MatrixRole : std::uint8_t {
 /// stay bf16 under every reduced format (a bf16 checkpoint's matrices are used in place, row-major;
 /// converted ones are packed into panels). T5's FFN output projection `wo` is never quantised:
 /// transformers keeps it in float32 against float16 overflow (`_keep_in_fp32_modules`); bfloat16
-/// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits. Products over many rows (prefill) of the language model use float32 arithmetic
-/// on the exact (dequantised) weights; one-row products stream the stored weights.
+/// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits.
+/// Arithmetic: under f32 everything is float32. Under a reduced format, products over many rows
+/// (the vision encoder, the Q-Former, the language model's prompt) round activations and weights
+/// to bf16 and accumulate in float32 (AMX / AVX512-BF16), as a bf16 model does; one-row products
+/// (decoding) keep float32 activations and stream the stored weights.
 struct WeightPolicy {
   ops::WeightFormat format = ops::WeightFormat::F32;
+  /// Under a reduced format, many-row products use bf16 arithmetic (true, as a bf16 model computes)
+  /// or float32 arithmetic on the exact stored weights (false: for a bf16 checkpoint kept as bf16,
+  /// the same values as the float32 model, with half its memory).
+  bool bf16_arithmetic = true;
 
   ops::WeightFormat format_for(MatrixRole role) const;
   ops::WeightLayout layout_for(MatrixRole role) const;
