@@ -14,6 +14,19 @@ namespace {
 
 thread_local bool t_in_worker = false;
 
+// Waiting threads spin this many pause instructions (tens of microseconds) before sleeping on a
+// condition variable: decoding issues hundreds of short parallel_for calls per token, and a
+// futex wake-up per call would cost more than the work of many of them.
+constexpr int kSpinIterations = 4000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
 class Pool {
  public:
   Pool() : target_(int(std::max(1u, std::thread::hardware_concurrency()))) {}
@@ -36,14 +49,16 @@ class Pool {
       task_ = &task;
       chunks_ = chunks;
       next_.store(0);
-      pending_ = std::int64_t(workers_.size());
+      pending_.store(std::int64_t(workers_.size()));
       error_ = nullptr;
       ++generation_;
+      published_.store(generation_, std::memory_order_release);  // spinning workers start here
     }
     cv_.notify_all();
     work();  // the caller takes chunks too
+    for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     task_ = nullptr;
     if (error_) std::rethrow_exception(error_);
     return true;
@@ -55,12 +70,14 @@ class Pool {
     if (int(workers_.size()) == want) return;
     stop();
     quit_ = false;
+    quitting_.store(false);
     for (int i = 0; i < want; ++i) workers_.emplace_back([this] { loop(); });
   }
   void stop() {
     {
       std::lock_guard<std::mutex> lk(m_);
       quit_ = true;
+      quitting_.store(true, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -82,15 +99,29 @@ class Pool {
     t_in_worker = true;
     std::uint64_t seen = 0;
     for (;;) {
-      {
+      // Spin briefly for the next job (published_ is stored with release after the job's fields),
+      // then sleep.
+      int spins = 0;
+      while (published_.load(std::memory_order_acquire) == seen && !quitting_.load(std::memory_order_acquire) &&
+             spins < kSpinIterations) {
+        cpu_relax();
+        ++spins;
+      }
+      if (quitting_.load(std::memory_order_acquire)) return;
+      const std::uint64_t now = published_.load(std::memory_order_acquire);
+      if (now != seen) {
+        seen = now;
+      } else {
         std::unique_lock<std::mutex> lk(m_);
         cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
         if (quit_) return;
         seen = generation_;
       }
       work();
-      std::lock_guard<std::mutex> lk(m_);
-      if (--pending_ == 0) done_cv_.notify_all();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(m_);  // the caller checks pending_ under m_ before sleeping
+        done_cv_.notify_all();
+      }
     }
   }
 
@@ -102,9 +133,11 @@ class Pool {
   const std::function<void(std::int64_t)>* task_ = nullptr;
   std::int64_t chunks_ = 0;
   std::atomic<std::int64_t> next_{0};
-  std::int64_t pending_ = 0;
-  std::uint64_t generation_ = 0;
+  std::atomic<std::int64_t> pending_{0};
+  std::uint64_t generation_ = 0;                // guarded by m_
+  std::atomic<std::uint64_t> published_{0};     // generation_, readable without m_
   bool quit_ = false;
+  std::atomic<bool> quitting_{false};
   std::exception_ptr error_;
 };
 
