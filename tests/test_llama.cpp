@@ -245,7 +245,9 @@ TEST(LlamaReference, Bf16WeightStorageMatches) {
   opt.weights.format = ops::WeightFormat::BF16;
   opt.weights.bf16_arithmetic = false;  // bf16 storage, float32 arithmetic
   LlamaModel m(Fixture::get().cfg, Fixture::get().ckpt, "language_model.", opt);
-  EXPECT_EQ(m.decode_weight_bytes() * 2, tiny_model().decode_weight_bytes());
+  // Half the float32 model's bytes (which may hold panel padding: it was converted at load).
+  EXPECT_LE(m.decode_weight_bytes() * 2, tiny_model().decode_weight_bytes());
+  EXPECT_GE(m.decode_weight_bytes() * 4, tiny_model().decode_weight_bytes());
   LmInput in = lm_input(m, "b");
   models::LMOutput out = m.forward(in.embeds, in.mask);
   const Tensor r = Fixture::get().ref.get("b.logits");

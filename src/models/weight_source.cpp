@@ -22,8 +22,10 @@ WeightFormat WeightPolicy::format_for(MatrixRole role) const {
 }
 
 WeightLayout WeightPolicy::layout_for(MatrixRole role) const {
-  const bool many_rows = role == MatrixRole::Vision || role == MatrixRole::QFormer;
-  return many_rows && format_for(role) == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
+  // Panels for f32 / bf16 (WeightSource::matrix keeps a matrix already stored in that format in
+  // place, row-major); the block formats are row-major only.
+  const WeightFormat f = format_for(role);
+  return f == WeightFormat::F32 || f == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
 }
 
 GemmCompute WeightPolicy::compute_for(MatrixRole) const {
@@ -91,8 +93,8 @@ ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& sha
   }
   const Tensor t = get(name, shape);
   if (format == WeightFormat::Q8_0 || format == WeightFormat::Q4_0) layout = WeightLayout::RowMajor;
-  // A matrix stored in the requested format is used in place (mapped, not read at load): the
-  // kernels pack row-major bf16 per call, which costs little next to a many-row product.
+  // A matrix stored in the requested format is used in place (mapped, not read at load; the GEMM
+  // kernels pack it per call); one converted at load is packed into panels once.
   const bool in_place = (format == WeightFormat::BF16 && t.dtype() == DType::BF16) ||
                         (format == WeightFormat::F32 && t.dtype() == DType::F32);
   if (in_place) layout = WeightLayout::RowMajor;

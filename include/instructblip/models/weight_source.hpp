@@ -40,8 +40,9 @@ enum class MatrixRole : std::uint8_t {
 /// | q4_0   | bf16 panels, bf16 compute   | q4_0      | bf16     | q8_0       |
 ///
 /// The vision encoder and the Q-Former are compute-bound, so quantising them saves no time; they
-/// stay bf16 under every reduced format (a bf16 checkpoint's matrices are used in place, row-major;
-/// converted ones are packed into panels). T5's FFN output projection `wo` is never quantised:
+/// stay bf16 under every reduced format. Layout: a matrix already stored in the requested format is
+/// used in place (row-major, mapped, not read at load); one converted at load (another dtype) is
+/// packed into panels once, so the many-row products need no per-call packing. T5's FFN output projection `wo` is never quantised:
 /// transformers keeps it in float32 against float16 overflow (`_keep_in_fp32_modules`); bfloat16
 /// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits.
 /// Arithmetic: under f32 everything is float32. Under a reduced format, products over many rows
