@@ -71,7 +71,13 @@ class Pool {
     stop();
     quit_ = false;
     quitting_.store(false);
-    for (int i = 0; i < want; ++i) workers_.emplace_back([this] { loop(); });
+    // New workers wait for the NEXT job: the generation published so far is not theirs.
+    std::uint64_t current;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      current = generation_;
+    }
+    for (int i = 0; i < want; ++i) workers_.emplace_back([this, current] { loop(current); });
   }
   void stop() {
     {
@@ -95,9 +101,8 @@ class Pool {
       }
     }
   }
-  void loop() {
+  void loop(std::uint64_t seen) {
     t_in_worker = true;
-    std::uint64_t seen = 0;
     for (;;) {
       // Spin briefly for the next job (published_ is stored with release after the job's fields),
       // then sleep.
