@@ -139,10 +139,6 @@ std::map<std::string, std::string> Checkpoint::metadata() const {
   return out;
 }
 
-void Checkpoint::release_pages() const {
-  for (const auto& f : files_) f->release_pages();
-}
-
 void Checkpoint::release_pages(const std::string& name) const {
   auto it = where_.find(name);
   if (it != where_.end()) it->second->release_pages(name);

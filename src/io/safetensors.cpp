@@ -68,17 +68,12 @@ std::uint64_t as_u64(const nlohmann::json& v, const std::string& file, const std
 SafeTensors SafeTensors::open(const std::string& path, const SafeTensorsLimits& limits) {
   auto mapped = MappedFile::open(path);
   SafeTensors st = from_buffer(mapped->data(), mapped->size(), path, mapped, limits);
-  st.map_begin_ = mapped->data();
-  st.map_size_ = mapped->size();
+  st.mapped_ = true;
   return st;
 }
 
-void SafeTensors::release_pages() const {
-  if (map_begin_ && map_size_) ::madvise(const_cast<std::uint8_t*>(map_begin_), map_size_, MADV_DONTNEED);
-}
-
 void SafeTensors::release_pages(const std::string& name) const {
-  if (!map_begin_) return;
+  if (!mapped_) return;
   auto it = infos_.find(name);
   if (it == infos_.end()) return;
   const std::uintptr_t page = std::uintptr_t(::sysconf(_SC_PAGESIZE));

@@ -338,12 +338,9 @@ InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_
   } else {
     models::LlamaOptions lo;
     lo.weights = policy;
-    impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), ck, "language_model.", lo);
+    impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), source, "language_model.", lo);
   }
   impl->check_all_tensors_bound(dir);
-  // Converted weights live in their own buffers now: let the kernel drop the mapped pages the
-  // conversion read (they are re-read from the file should a view still use them).
-  if (policy.format != ops::WeightFormat::F32) impl->checkpoint.release_pages();
   return InstructBlipForConditionalGeneration(std::move(impl));
 }
 

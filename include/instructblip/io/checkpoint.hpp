@@ -35,9 +35,8 @@ class Checkpoint {
 
   /// The safetensors "__metadata__" of the files (merged; the first file wins on conflicts).
   std::map<std::string, std::string> metadata() const;
-  /// SafeTensors::release_pages() for every file (after weights were converted to own buffers).
-  void release_pages() const;
-  /// The same for the pages of one tensor (views of it stay valid; they re-read the file).
+  /// SafeTensors::release_pages(name) in the file that holds `name` (after the tensor was
+  /// converted into a buffer of its own; views of it stay valid and re-read the file).
   void release_pages(const std::string& name) const;
 
   /// Zero-copy view of tensor `name` in its stored dtype.

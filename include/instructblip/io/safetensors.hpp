@@ -66,11 +66,9 @@ class SafeTensors {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// Bytes of the mapped file.
   std::size_t file_bytes() const { return size_; }
-  /// For a file opened with open(): tells the kernel the mapped pages are not needed now
-  /// (madvise MADV_DONTNEED on the read-only private mapping, so views stay valid and re-read the
-  /// file on access). No effect for from_buffer().
-  void release_pages() const;
-  /// The same for the whole pages inside tensor `name`'s bytes.
+  /// For a file opened with open(): tells the kernel the mapped pages wholly inside tensor
+  /// `name`'s bytes are not needed now (madvise MADV_DONTNEED on the read-only private mapping, so
+  /// views stay valid and re-read the file on access). No effect for from_buffer().
   void release_pages(const std::string& name) const;
 
  private:
@@ -80,8 +78,7 @@ class SafeTensors {
   std::size_t size_ = 0;
   std::map<std::string, TensorInfo> infos_;
   std::map<std::string, std::string> metadata_;
-  const std::uint8_t* map_begin_ = nullptr;  // the whole mapping, for open()ed files
-  std::size_t map_size_ = 0;
+  bool mapped_ = false;  // opened with open(): the data is a private read-only file mapping
 };
 
 /// Writes tensors (any supported dtype) to `path` in safetensors format, names sorted as
