@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "instructblip/core/thread_pool.hpp"
+#include "ops/cpu.hpp"
 #include "instructblip/ops/weights.hpp"
 
 using namespace instructblip;

@@ -1,5 +1,5 @@
 #pragma once
-// Small AVX-512 helpers shared by weights.cpp and weights_amx.cpp (private, not installed).
+// Small AVX-512 helpers shared by weights.cpp and kernels_amx.cpp (private, not installed).
 // The includer defines IB_AVX512_FN: empty in a translation unit compiled for AVX-512, or a
 // function target attribute. The helpers have internal linkage, so each unit gets its own copy.
 #include <immintrin.h>

@@ -11,6 +11,16 @@ int main(int argc, char** argv) {
   MatrixF y(2, 1);
   ops::linear<float>(x.matrix<float>(), w.matrix<float>(), nullptr, y);
   if (y(0, 0) != 6.f || y(1, 0) != 15.f) return 1;
+  // Eigen matrices cross the boundary both ways: allocated here and read by the library, and
+  // allocated by the library and freed here - whatever -march either side was built with.
+  {
+    const MatrixF xm = x.matrix<float>();
+    const ops::WeightMatrix W(w, ops::WeightFormat::BF16);
+    MatrixF ym = ops::linear(xm, W);
+    if (ym.rows() != 2 || ym(0, 0) != 6.f || ym(1, 0) != 15.f) return 2;
+    ym.resize(64, 64);  // reallocated here
+    ym.setZero();
+  }
   if (argc > 1) {
     auto ckpt = io::Checkpoint::open(std::string(argv[1]) + "/t5-tiny/model");
     auto cfg = InstructBlipConfig::from_json_file(std::string(argv[1]) + "/t5-tiny/model/config.json");

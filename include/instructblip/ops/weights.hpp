@@ -131,6 +131,18 @@ class WeightMatrix {
   bool defined_ = false;
 };
 
+/// The tensor names a matrix called `name` is stored under in `format` (the convention above):
+/// F32 / BF16: data = name (scale and shape empty); Q8_0: name.q8_0, name.q8_0_scale, name.shape;
+/// Q4_0: name.q4_0, name.q4_0_scale, name.shape.
+struct StorageNames {
+  std::string data, scale, shape;
+};
+StorageNames storage_names(const std::string& name, WeightFormat format);
+/// Every tensor name a matrix called `name` may be stored under, in any format.
+std::vector<std::string> all_storage_names(const std::string& name);
+/// True when `lookup` holds a quantised copy (Q8_0 or Q4_0 data) of the matrix `name`.
+bool stored_quantized(const std::string& name, const TensorLookup& lookup);
+
 /// y[M, N] = x[M, K] * W[N, K]^T (+ bias[N]); `y` must not alias `x`. Rows of W (output columns)
 /// are split over the thread pool. Throws InvalidArgument on mismatched shapes.
 void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<float> y);
@@ -165,35 +177,25 @@ void gelu_vectorized(float* x, std::size_t n);
 /// Applies `a` in place: Gelu through gelu_vectorized, Relu vectorised, the others as activate().
 void activate_vectorized(Activation a, float* x, std::size_t n);
 
-/// Kernel selection. set_force_scalar(true) makes linear() use the portable paths only
-/// (plain C++ loops for M <= gemv_max_rows(); Eigen for larger M) - for tests and comparisons.
-void set_force_scalar(bool on);
-bool force_scalar();
-/// Test hook: turns off individual SIMD feature levels (bit-or of the flags below) even when the
-/// build and the CPU have them, e.g. kIsaAvx512Vnni to exercise the AVX-512BW integer kernels.
-/// kIsaAmx turns off the AMX-BF16 GEMM only (the BF16-compute regime then uses vdpbf16ps);
-/// kIsaAvx512Bf16 / kIsaAvx512 turn off AMX too (it relies on them).
-enum : unsigned { kIsaAvx512 = 1u, kIsaAvx512Vnni = 2u, kIsaAvx512Bf16 = 4u, kIsaAmx = 8u };
 /// The kernel linear() would use for this matrix and M activation rows under the current
 /// settings, e.g. "avx512-fma-gemm(panels)" or "avx512vnni-dpbusd-q8_0" (for logs / benchmarks).
 std::string kernel_name(const WeightMatrix& W, std::int64_t M);
 /// The same for a given GemmCompute (Auto: the process-wide setting), e.g.
 /// "amx-bf16-tdpbf16ps-gemm(bf16,panels)".
 std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compute);
-void set_disabled_isa(unsigned mask);
-unsigned disabled_isa();
 /// M > gemv_max_rows() with BF16 / Q8_0 / Q4_0 weights: round activations and weights to bf16
 /// (true; AMX tiles when the CPU and OS allow them, else vdpbf16ps, else emulated) instead of f32
 /// FMA (false, default). Process-wide default of GemmCompute::Auto; per call, pass LinearOptions.
 void set_gemm_bf16_activations(bool on);
 bool gemm_bf16_activations();
-/// Largest M that uses the streaming (matrix-vector) kernels; larger M uses the GEMM kernels.
-void set_gemv_max_rows(int m);
-int gemv_max_rows();
 
-/// One line naming the instruction sets this build was compiled for, what the CPU supports and
-/// the kernel each format / regime dispatches to, e.g.
-/// "compiled: avx512f avx512bw avx512bf16 avx512vnni | cpu: ... | f32: gemv=avx512 gemm=eigen | ...".
+/// One line naming the kernel levels this build carries, what the CPU supports and the kernel each
+/// format / regime dispatches to, e.g.
+/// "levels: portable avx2 avx512 amx | cpu: avx2 avx512 avx512bf16 | using: avx512 | M<=8: ...".
+/// The level is chosen at run time from the CPU; INSTRUCTBLIP_ISA=portable|avx2|avx512|avx512-bf16|amx
+/// caps it for the process (e.g. to compare the levels' answers).
 std::string cpu_features();
+/// The CPU's model name (/proc/cpuinfo, else the CPUID brand string), for benchmark tables.
+std::string cpu_model();
 
 }  // namespace instructblip::ops

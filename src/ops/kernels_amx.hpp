@@ -1,5 +1,5 @@
 #pragma once
-// Private interface between weights.cpp and weights_amx.cpp (the AMX-BF16 GEMM, compiled with
+// Private interface between weights.cpp and kernels_amx.cpp (the AMX-BF16 GEMM, compiled with
 // -mamx-tile -mamx-bf16 and AVX-512 function attributes so that the rest of the library does not
 // need those flags). Not installed.
 #include <cstdint>
@@ -12,6 +12,8 @@ namespace instructblip::ops::detail {
 /// AVX512-BF16, and the OS granted this process the tile data state (Linux: arch_prctl
 /// ARCH_REQ_XCOMP_PERM, requested once per process on the first call; thread-safe).
 bool amx_bf16_usable();
+/// True when this build carries the AMX kernel (the compiler had the AMX flags).
+bool amx_compiled();
 
 /// Applied to each finished output row segment y[0, n) (bias already added); ctx is passed through.
 using EpilogueFn = void (*)(float* y, std::int64_t n, const void* ctx);

@@ -1,4 +1,4 @@
-// AMX-BF16 GEMM for ops::linear (see weights_amx.hpp and weights.hpp, "linear() numerics").
+// AMX-BF16 GEMM for ops::linear (see kernels_amx.hpp and weights.hpp, "linear() numerics").
 //
 // Compiled with -mamx-tile -mamx-bf16 when the compiler has them (CMakeLists.txt); the AVX-512
 // helpers carry function target attributes, so this file builds and is safe to link also
@@ -22,7 +22,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
-#include "weights_amx.hpp"
+#include "kernels_amx.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -48,6 +48,7 @@ namespace instructblip::ops::detail {
 
 #ifndef IB_AMX
 
+bool amx_compiled() { return false; }
 bool amx_bf16_usable() { return false; }
 void gemm_amx_bf16(const WeightMatrix&, const AmxGemmArgs&) {
   throw InvalidArgument("gemm_amx_bf16: this build has no AMX kernel");
@@ -343,6 +344,8 @@ void run_panels(const WeightMatrix& W, const AmxGemmArgs& a, const Plan& pl, con
 }
 
 }  // namespace
+
+bool amx_compiled() { return true; }
 
 bool amx_bf16_usable() {
   static const bool ok = detect();

@@ -1,0 +1,30 @@
+# The per-level kernel units (src/ops/kernels_{avx2,avx512,amx}.cpp) are compiled with wider
+# instruction sets than the rest of the library. They must not define any weak (inline / template)
+# symbol that other units could share: the linker keeps one copy of such a symbol, and if it kept
+# the wide one, baseline code would run AVX2 / AVX-512 instructions on a CPU without them.
+# Allowed: the level-renamed copy of Eigen (IbEigenX86V3::) and the personality-routine reference.
+# Usage: cmake -DNM=nm -DOBJECTS="a.o;b.o;..." -P check_level_objects.cmake
+set(checked 0)
+foreach(obj IN LISTS OBJECTS)
+  if(NOT obj MATCHES "kernels_(avx2|avx512|amx)\\.cpp\\.o$")
+    continue()
+  endif()
+  execute_process(COMMAND ${NM} -C --defined-only ${obj} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "nm failed on ${obj}")
+  endif()
+  string(REPLACE "\n" ";" lines "${out}")
+  foreach(line IN LISTS lines)
+    if(line MATCHES "^[0-9a-f]+ [WVu] (.*)$")
+      set(sym "${CMAKE_MATCH_1}")
+      if(NOT sym MATCHES "IbEigenX86V3::" AND NOT sym STREQUAL "DW.ref.__gxx_personality_v0")
+        message(SEND_ERROR "${obj}: shared inline symbol compiled for a wider instruction set: ${sym}")
+      endif()
+    endif()
+  endforeach()
+  math(EXPR checked "${checked} + 1")
+endforeach()
+if(NOT checked EQUAL 3)
+  message(FATAL_ERROR "expected the 3 kernel-level objects, found ${checked}")
+endif()
+message(STATUS "checked ${checked} kernel-level objects")
