@@ -44,7 +44,8 @@ float kth_highest(const float* scores, std::int64_t vocab, std::int64_t min_keep
 }
 
 void check_min_keep(std::int64_t min_keep) {
-  if (min_keep < 1) throw InvalidArgument("min_tokens_to_keep must be a positive integer, got " + std::to_string(min_keep));
+  if (min_keep < 1)
+    throw InvalidArgument("min_tokens_to_keep must be a positive integer, got " + std::to_string(min_keep));
 }
 }  // namespace
 
@@ -125,7 +126,8 @@ void TopPWarper::apply(const std::vector<std::int64_t>&, float* scores, std::int
 }
 
 TypicalWarper::TypicalWarper(float mass, std::int64_t min_keep) : mass_(mass), min_keep_(min_keep) {
-  if (!(mass > 0 && mass < 1)) throw InvalidArgument("typical_p must be a float > 0 and < 1, got " + std::to_string(mass));
+  if (!(mass > 0 && mass < 1))
+    throw InvalidArgument("typical_p must be a float > 0 and < 1, got " + std::to_string(mass));
   check_min_keep(min_keep);
 }
 
