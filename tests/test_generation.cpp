@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <numeric>
 #include <set>
+#include <thread>
 
 #include "instructblip/generation/generate.hpp"
 #include "instructblip/generation/logits_process.hpp"
@@ -556,6 +558,37 @@ TEST(Generate, MaxTimeStopsAfterTheStepThatExceedsIt) {
   EXPECT_EQ(out.steps, 8);
   c.max_time = std::nan("");
   EXPECT_THROW(generate(lm, embeds(1), mask(1), c), InvalidArgument);
+}
+
+namespace {
+// FakeLM that spends `start_s` seconds in start() (as T5 runs its encoder there) and `first_step_s`
+// in its first step() (as LLaMA runs the prompt there).
+class SlowLM : public FakeLM {
+ public:
+  SlowLM(double start_s, double first_step_s) : FakeLM(30, true), start_s_(start_s), first_step_s_(first_step_s) {}
+  std::unique_ptr<models::LMState> start(const Tensor& e, const Tensor& m, std::int64_t n) const override {
+    std::this_thread::sleep_for(std::chrono::duration<double>(start_s_));
+    return FakeLM::start(e, m, n);
+  }
+  Tensor step(models::LMState& st, const std::vector<std::int64_t>& tokens) const override {
+    if (calls == 0) std::this_thread::sleep_for(std::chrono::duration<double>(first_step_s_));
+    return FakeLM::step(st, tokens);
+  }
+
+ private:
+  double start_s_, first_step_s_;
+};
+}  // namespace
+
+TEST(Generate, MaxTimeClockStartsAfterTheEncoderAndBeforeTheFirstStep) {
+  // transformers creates MaxTimeCriteria after the encoder outputs exist and before the first
+  // decoding step: time spent in start() does not count, time in the first step() does.
+  GenerationConfig c = base_config();
+  c.eos_token_id = {};
+  c.max_new_tokens = 5;
+  c.max_time = 0.1;
+  EXPECT_EQ(generate(SlowLM(0.2, 0.0), embeds(1), mask(1), c).steps, 5);
+  EXPECT_EQ(generate(SlowLM(0.0, 0.2), embeds(1), mask(1), c).steps, 1);
 }
 
 TEST(Generate, RenormalizedAndCleanedScores) {

@@ -239,9 +239,6 @@ void check_generation_size(const GenerationConfig& cfg, std::int64_t B, std::int
 GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_embeds, const Tensor& attention_mask,
                         const GenerationConfig& user_cfg, const GenerateHooks& hooks,
                         const GenerationLimits& limits) {
-  // MaxTimeCriteria's clock starts when generation starts (transformers builds it in the language
-  // model's generate(), after the prompt embeddings exist).
-  const auto started = std::chrono::steady_clock::now();
   const GenerationConfig cfg = resolve_generation_config(user_cfg, lm.is_encoder_decoder(), limits);
   if (!inputs_embeds.defined() || !attention_mask.defined() || inputs_embeds.ndim() != 3 ||
       attention_mask.ndim() != 2 || attention_mask.dim(0) != inputs_embeds.dim(0) ||
@@ -268,6 +265,10 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
       for (std::int64_t e = 0; e < expand; ++e) idx.push_back(b);
     lm.select_rows(*state, idx);
   }
+  // MaxTimeCriteria's clock: transformers creates it after the encoder outputs exist and before
+  // the first decoding step, so it excludes the T5 encoder (run by start()) and includes the LLaMA
+  // prefill (run by the first step()).
+  const auto started = std::chrono::steady_clock::now();
   std::vector<Seq> seqs(std::size_t(rows), Seq{start_token});
   const LogitsProcessorList processors = make_logits_processors(cfg, prompt_len);
   const LogitsProcessorList warpers = cfg.do_sample ? make_logits_warpers(cfg) : LogitsProcessorList();

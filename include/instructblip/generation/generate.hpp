@@ -69,7 +69,8 @@ void check_generation_size(const GenerationConfig& resolved, std::int64_t batch,
 /// could exceed limits.max_output_scores_bytes — all checked before the model is run.
 ///
 /// With max_time set, generation stops after the first step that ends more than max_time seconds
-/// after generate() was entered (transformers' MaxTimeCriteria): at least one token is generated.
+/// after decoding started (transformers' MaxTimeCriteria, whose clock starts after the encoder has
+/// run and before the first decoding step): at least one token is generated.
 ///
 /// Thread safety: generate() keeps all its state (sequences, RNG, the model's LMState) local to the
 /// call, so several threads may call it at once on one (immutable) LanguageModel.
