@@ -302,6 +302,11 @@ TEST(Cli, GenerationSettingsFromFlagsAndCheckpointFile) {
   EXPECT_EQ(seq[0], 0);
   EXPECT_EQ(seq[1], 100);
   EXPECT_EQ(seq[4], 1);
+  // a bad value is a usage error: exit status 2, one line naming the flag
+  r = run(model, {"--typical-p", "0"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(one_line(r.err)) << r.err;
+  EXPECT_NE(r.err.find("--typical-p"), std::string::npos) << r.err;
   // --max-time 0: MaxTimeCriteria stops after the first step
   r = run(model, {"--max-new-tokens", "10", "--max-time", "0"});
   ASSERT_EQ(r.status, 0) << r.err;
