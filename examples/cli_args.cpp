@@ -21,16 +21,17 @@ std::int64_t parse_int(const std::string& flag, const std::string& v, std::int64
   return x;
 }
 
-double parse_float(const std::string& flag, const std::string& v, double lo, double hi, bool lo_open = false) {
+double parse_float(const std::string& flag, const std::string& v, double lo, double hi, bool lo_open = false,
+                   bool hi_open = false) {
   if (v.empty()) throw UsageError(flag + ": expected a number, got an empty value");
   char* end = nullptr;
   errno = 0;
   double x = std::strtod(v.c_str(), &end);
   if (errno != 0 || end == v.c_str() || *end != '\0' || !std::isfinite(x))
     throw UsageError(flag + ": expected a number, got '" + v + "'");
-  if (x < lo || x > hi || (lo_open && x == lo))
+  if (x < lo || x > hi || (lo_open && x == lo) || (hi_open && x == hi))
     throw UsageError(flag + ": " + v + " is out of range " + (lo_open ? "(" : "[") + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "]");
+                     std::to_string(hi) + (hi_open ? ")" : "]"));
   return x;
 }
 
@@ -62,6 +63,16 @@ Options parse_args(int argc, const char* const* argv) {
     else if (a == "--temperature") o.temperature = parse_float(a, value(), 0.0, 100.0, true);
     else if (a == "--top-k") o.top_k = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
     else if (a == "--top-p") o.top_p = parse_float(a, value(), 0.0, 1.0);
+    else if (a == "--typical-p") o.typical_p = parse_float(a, value(), 0.0, 1.0, true);
+    else if (a == "--epsilon-cutoff") o.epsilon_cutoff = parse_float(a, value(), 0.0, 1.0, false, true);
+    else if (a == "--eta-cutoff") o.eta_cutoff = parse_float(a, value(), 0.0, 1.0, false, true);
+    else if (a == "--forced-bos-token-id")
+      o.forced_bos_token_id = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
+    else if (a == "--forced-eos-token-id")
+      o.forced_eos_token_id = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
+    else if (a == "--renormalize-logits") o.renormalize_logits = true;
+    else if (a == "--remove-invalid-values") o.remove_invalid_values = true;
+    else if (a == "--max-time") o.max_time = parse_float(a, value(), 0.0, 1e9);
     else if (a == "--seed") o.seed = std::uint64_t(parse_int(a, value(), 0, std::numeric_limits<std::int64_t>::max()));
     else if (a == "--threads") o.threads = int(parse_int(a, value(), 1, 1024));
     else if (a == "--weights") {
@@ -105,6 +116,12 @@ std::string usage(const std::string& program) {
          "  --repetition-penalty F    > 1 discourages repeats\n"
          "  --num-return-sequences N  answers per image (beam search or sampling)\n"
          "  --do-sample               multinomial sampling, with --temperature F --top-k N --top-p F --seed N\n"
+         "                            and --typical-p F (0, 1], --epsilon-cutoff F, --eta-cutoff F [0, 1)\n"
+         "  --forced-bos-token-id N   force the first generated token\n"
+         "  --forced-eos-token-id N   force the last token (at the maximum length)\n"
+         "  --renormalize-logits      log-softmax the scores after the processors\n"
+         "  --remove-invalid-values   replace NaN / +-inf scores by 0 / +-float max\n"
+         "  --max-time S              stop after the step that exceeds S seconds of generation\n"
          "output:\n"
          "  --json                    one JSON object: sequences, texts, timings_ms\n"
          "  --dump FILE               write inputs and stage outputs as safetensors (compare with transformers)\n"

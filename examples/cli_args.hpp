@@ -22,9 +22,13 @@ struct Options {
   // generation overrides (unset: the checkpoint's defaults)
   std::optional<std::int64_t> max_new_tokens, max_length, min_length, min_new_tokens, num_beams, top_k,
       num_return_sequences;
-  std::optional<double> length_penalty, repetition_penalty, temperature, top_p;
+  std::optional<double> length_penalty, repetition_penalty, temperature, top_p, typical_p, epsilon_cutoff,
+      eta_cutoff, max_time;
+  std::optional<std::int64_t> forced_bos_token_id, forced_eos_token_id;
   std::optional<std::uint64_t> seed;
   bool do_sample = false;
+  bool renormalize_logits = false;
+  bool remove_invalid_values = false;
   int threads = 0;  // 0: all cores
   std::string weights;  // "", "f32", "bf16", "q8_0" or "q4_0" ("": the checkpoint's format)
   bool json = false;

@@ -44,6 +44,14 @@ GenerationConfig generation_config(const GenerationConfig& base, const cli::Opti
   if (o.top_k) g.top_k = *o.top_k;
   if (o.top_p) g.top_p = *o.top_p;
   if (o.seed) g.seed = *o.seed;
+  if (o.typical_p) g.typical_p = *o.typical_p;
+  if (o.epsilon_cutoff) g.epsilon_cutoff = *o.epsilon_cutoff;
+  if (o.eta_cutoff) g.eta_cutoff = *o.eta_cutoff;
+  if (o.forced_bos_token_id) g.forced_bos_token_id = *o.forced_bos_token_id;
+  if (o.forced_eos_token_id) g.forced_eos_token_id = {*o.forced_eos_token_id};
+  if (o.renormalize_logits) g.renormalize_logits = true;
+  if (o.remove_invalid_values) g.remove_invalid_values = true;
+  if (o.max_time) g.max_time = *o.max_time;
   return g;
 }
 

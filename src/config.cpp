@@ -720,6 +720,10 @@ GenerationConfig GenerationConfig::merged_with(const json& overrides, const std:
   return g;
 }
 
+GenerationConfig GenerationConfig::merged_with_file(const std::string& path) const {
+  return merged_with(read_json_file(path), path);
+}
+
 GenerationConfig GenerationConfig::from_model_config(const InstructBlipConfig& config) {
   GenerationConfig g = from_json(config.text_generation_attributes, "text_config");
   if (config.is_t5()) {

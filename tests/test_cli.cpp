@@ -249,3 +249,91 @@ TEST(CliArgs, ParsesPairsAndRejectsBadValues) {
   const char* nan[] = {"x", "--model", "m", "--image", "a", "--prompt", "p", "--length-penalty", "nan"};
   EXPECT_THROW(cli::parse_args(9, nan), cli::UsageError);
 }
+
+TEST(CliArgs, GenerationSettingFlags) {
+  const char* ok[] = {"x", "--model", "m", "--image", "a.jpg", "--prompt", "p", "--typical-p", "0.9",
+                      "--epsilon-cutoff", "0.0003", "--eta-cutoff", "0.002", "--forced-bos-token-id", "5",
+                      "--forced-eos-token-id", "2", "--renormalize-logits", "--remove-invalid-values",
+                      "--max-time", "1.5"};
+  auto o = cli::parse_args(int(sizeof ok / sizeof *ok), ok);
+  EXPECT_EQ(*o.typical_p, 0.9);
+  EXPECT_EQ(*o.epsilon_cutoff, 0.0003);
+  EXPECT_EQ(*o.eta_cutoff, 0.002);
+  EXPECT_EQ(*o.forced_bos_token_id, 5);
+  EXPECT_EQ(*o.forced_eos_token_id, 2);
+  EXPECT_TRUE(o.renormalize_logits);
+  EXPECT_TRUE(o.remove_invalid_values);
+  EXPECT_EQ(*o.max_time, 1.5);
+  const auto defaults = cli::parse_args(7, ok);
+  EXPECT_FALSE(defaults.typical_p || defaults.max_time || defaults.forced_bos_token_id || defaults.renormalize_logits);
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--typical-p", "0"},        {"--typical-p", "1.5"},           {"--epsilon-cutoff", "1"},
+      {"--eta-cutoff", "-0.1"},    {"--forced-bos-token-id", "-1"},  {"--forced-eos-token-id", "x"},
+      {"--max-time", "-1"},        {"--max-time", "nan"},            {"--eta-cutoff", ""}};
+  for (const auto& b : bad) {
+    const char* argv[] = {"x", "--model", "m", "--image", "a", "--prompt", "p", b.first.c_str(), b.second.c_str()};
+    try {
+      cli::parse_args(9, argv);
+      ADD_FAILURE() << b.first << " " << b.second << " accepted";
+    } catch (const cli::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(b.first), std::string::npos) << e.what();
+    }
+  }
+}
+
+// The flags reach generate(), and a checkpoint's generation_config.json is honoured (or refused) as
+// the same setting given on the command line.
+TEST(Cli, GenerationSettingsFromFlagsAndCheckpointFile) {
+  const std::string model = ibtest::data_dir() + "/t5-tiny/model";
+  const std::vector<std::string> base = {"--model", model, "--image",
+                                         ibtest::data_dir() + "/images/Confusing-Pictures.jpg", "--prompt",
+                                         "What is unusual about this image?", "--json", "--quiet"};
+  auto run = [&](const std::string& dir, std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args[1] = dir;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  // greedy answers 749 582 757 ...: forced BOS / EOS replace the first and the last token
+  Result r = run(model, {"--max-new-tokens", "4", "--forced-bos-token-id", "100", "--forced-eos-token-id", "1"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto seq = nlohmann::json::parse(r.out)["sequences"][0].get<std::vector<std::int64_t>>();
+  ASSERT_EQ(seq.size(), 5u);
+  EXPECT_EQ(seq[0], 0);
+  EXPECT_EQ(seq[1], 100);
+  EXPECT_EQ(seq[4], 1);
+  // a bad value is a usage error: exit status 2, one line naming the flag
+  r = run(model, {"--typical-p", "0"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(one_line(r.err)) << r.err;
+  EXPECT_NE(r.err.find("--typical-p"), std::string::npos) << r.err;
+  // --max-time 0: MaxTimeCriteria stops after the first step
+  r = run(model, {"--max-new-tokens", "10", "--max-time", "0"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["sequences"][0], nlohmann::json::parse("[0, 749]"));
+
+  // a checkpoint copy whose generation_config.json sets typical sampling
+  const std::string copy = ibtest::tmp_dir() + "/gen-settings-model-" + std::to_string(::getpid());
+  std::system(("rm -rf " + quote(copy) + " && cp -r " + quote(model) + " " + quote(copy)).c_str());
+  auto write_gen = [&](const nlohmann::json& j) { std::ofstream(copy + "/generation_config.json") << j.dump(2); };
+  write_gen({{"do_sample", true}, {"typical_p", 0.5}, {"top_k", 0}, {"seed", 3}, {"max_new_tokens", 8}});
+  Result from_file = run(copy, {});
+  Result from_flags = run(model, {"--do-sample", "--typical-p", "0.5", "--top-k", "0", "--seed", "3",
+                                  "--max-new-tokens", "8"});
+  ASSERT_EQ(from_file.status, 0) << from_file.err;
+  ASSERT_EQ(from_flags.status, 0) << from_flags.err;
+  EXPECT_EQ(nlohmann::json::parse(from_file.out)["sequences"], nlohmann::json::parse(from_flags.out)["sequences"]);
+  EXPECT_EQ(nlohmann::json::parse(from_file.out)["sequences"][0].size(), 9u);
+  // ... and the setting takes effect: the same seed without typical_p draws another answer
+  Result untyped = run(model, {"--do-sample", "--top-k", "0", "--seed", "3", "--max-new-tokens", "8"});
+  ASSERT_EQ(untyped.status, 0) << untyped.err;
+  EXPECT_NE(nlohmann::json::parse(from_file.out)["sequences"], nlohmann::json::parse(untyped.out)["sequences"]);
+  // a refused setting in the file: exit status 2, one line naming it
+  write_gen({{"encoder_no_repeat_ngram_size", 3}});
+  r = run(copy, {});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(one_line(r.err)) << r.err;
+  EXPECT_NE(r.err.find("encoder_no_repeat_ngram_size"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  std::system(("rm -rf " + quote(copy)).c_str());
+}

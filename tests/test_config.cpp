@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "instructblip/config.hpp"
+#include "instructblip/generation/generate.hpp"
+#include "instructblip/models/instructblip.hpp"
 #include "instructblip/core/error.hpp"
 
 namespace ib = instructblip;
@@ -643,6 +645,56 @@ TEST(ConfigGeneration, FileErrors) {
   const std::string typed = write_file("typed_generation_config.json", "{\"top_k\": \"50\"}");
   expect_error<ib::ConfigError>([&] { ib::GenerationConfig::from_json_file(typed); },
                                 {"typed_generation_config.json", "top_k", "expected an integer, got string"});
+}
+
+// A checkpoint's generation_config.json overrides only the keys it contains; what it sets is
+// honoured or refused exactly as the same setting passed to generate() (refused at generate(), so
+// a caller may still reset it per call).
+TEST(ConfigGeneration, CheckpointFileOverridesOnlyItsKeys) {
+  namespace fs = std::filesystem;
+  const std::string dir = tmp_dir() + "/gen-checkpoint";
+  fs::remove_all(dir);
+  fs::copy(kData + "/t5-tiny/model", dir, fs::copy_options::recursive);
+  json cfg = read_json(dir + "/config.json");
+  cfg["text_config"]["num_beams"] = 3;  // legacy generation attributes: from_model_config reads them
+  cfg["text_config"]["max_length"] = 30;
+  write_file("gen-checkpoint/config.json", cfg.dump(2));
+  const auto model_defaults =
+      ib::GenerationConfig::from_model_config(ib::InstructBlipConfig::from_json(cfg, "config.json"));
+  ASSERT_EQ(model_defaults.num_beams, 3);
+
+  auto load = [&](const json& gen) {
+    write_file("gen-checkpoint/generation_config.json", gen.dump(2));
+    return ib::InstructBlipForConditionalGeneration::from_pretrained(dir);
+  };
+  {
+    const auto model = load({{"max_length", 12}, {"transformers_version", "4.36.2"}});
+    auto expect = model_defaults;
+    expect.max_length = 12;
+    EXPECT_EQ(model.generation_config(), expect);  // num_beams 3 and the token ids kept
+    EXPECT_EQ(model.generation_config().num_beams, 3);
+  }
+  {
+    const auto model = load({{"typical_p", 0.5}, {"do_sample", true}});
+    EXPECT_DOUBLE_EQ(model.generation_config().typical_p, 0.5);
+    EXPECT_EQ(model.generation_config().max_length, 30);
+    EXPECT_NO_THROW(ib::generation::resolve_generation_config(model.generation_config(), true));
+  }
+  const std::pair<const char*, json> refused[] = {{"diversity_penalty", 0.5},
+                                                  {"encoder_repetition_penalty", 1.3},
+                                                  {"encoder_no_repeat_ngram_size", 2}};
+  for (const auto& r : refused) {
+    const auto model = load({{r.first, r.second}});  // loads: the caller may still override it
+    ib::Tensor none;
+    expect_error<ib::InvalidArgument>(
+        [&] { model.generate(none, none, none, none, none, model.generation_config()); }, {r.first});
+    auto reset = model.generation_config().merged_with({{r.first, nullptr}});  // null: the neutral value
+    EXPECT_EQ(reset, model_defaults);
+    EXPECT_NO_THROW(ib::generation::resolve_generation_config(reset, true));
+  }
+  // the file's values are checked as the rest of it is
+  expect_error<ib::ConfigError>([&] { load({{"num_beams", "2"}}); }, {"generation_config.json", "num_beams"});
+  fs::remove_all(dir);
 }
 
 // ------------------------------------------------------------------------------------------

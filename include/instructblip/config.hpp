@@ -295,9 +295,14 @@ struct GenerationConfig {
   /// InstructBLIP's generate() delegates to) uses by default.
   static GenerationConfig from_model_config(const InstructBlipConfig& config);
 
-  /// A copy with every key present in `overrides` applied (same parsing rules as from_json).
+  /// A copy with every key present in `overrides` applied (same parsing rules as from_json); the
+  /// keys absent from `overrides` keep this config's values.
   GenerationConfig merged_with(const nlohmann::json& overrides,
                                const std::string& source = "generation overrides") const;
+  /// merged_with() the JSON object in the file at `path` (a checkpoint's generation_config.json):
+  /// only the keys the file contains override. Missing/unreadable file -> IoError; malformed JSON
+  /// or bad values -> ConfigError naming the file.
+  GenerationConfig merged_with_file(const std::string& path) const;
 
   /// For settings assigned in code: throws InvalidArgument on the same problems from_json
   /// reports as ConfigError.

@@ -1,6 +1,7 @@
 #include "instructblip/generation/generate.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -135,6 +136,22 @@ GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_e
   GenerationConfig c = in;
   c.validate();
   if (c.num_beam_groups != 1) throw InvalidArgument("num_beam_groups > 1 (group beam search) is not supported");
+  // Refused settings: each needs something this library's generation does not have, so it fails
+  // here (for generate() arguments and generation_config.json alike) instead of being ignored.
+  if (c.diversity_penalty != 0.0)
+    throw InvalidArgument("diversity_penalty (" + std::to_string(c.diversity_penalty) +
+                          ") is not supported: it only applies to group beam search (num_beam_groups > 1), "
+                          "which is not implemented");
+  if (c.encoder_repetition_penalty != 1.0)
+    throw InvalidArgument("encoder_repetition_penalty (" + std::to_string(c.encoder_repetition_penalty) +
+                          ") is not supported: it penalises the encoder's input ids, and InstructBLIP's language "
+                          "model generates from inputs_embeds (query tokens + prompt), which have no ids "
+                          "(transformers 4.36.2 cannot apply it either)");
+  if (c.encoder_no_repeat_ngram_size != 0)
+    throw InvalidArgument("encoder_no_repeat_ngram_size (" + std::to_string(c.encoder_no_repeat_ngram_size) +
+                          ") is not supported: it bans n-grams of the encoder's input ids, and InstructBLIP's "
+                          "language model generates from inputs_embeds (query tokens + prompt), which have no ids "
+                          "(transformers 4.36.2 cannot apply it either)");
   if (c.penalty_alpha && *c.penalty_alpha > 0 && c.top_k > 1)
     throw InvalidArgument("contrastive search (penalty_alpha) is not supported");
   if (c.num_beams < 1) throw InvalidArgument("num_beams must be >= 1");
@@ -151,6 +168,17 @@ GenerationConfig resolve_generation_config(const GenerationConfig& in, bool is_e
                           ") must not exceed num_beams (" + std::to_string(c.num_beams) + ")");
   if (c.do_sample && !(c.temperature > 0)) throw InvalidArgument("temperature must be a strictly positive float");
   if (c.do_sample && (c.top_p < 0 || c.top_p > 1)) throw InvalidArgument("top_p must be in [0, 1]");
+  // The sampling warpers are built only with do_sample (as in transformers); out-of-range values
+  // that transformers would skip silently are refused instead.
+  if (c.do_sample && !(c.typical_p > 0 && c.typical_p <= 1)) throw InvalidArgument("typical_p must be in (0, 1]");
+  if (c.do_sample && !(c.epsilon_cutoff >= 0 && c.epsilon_cutoff < 1))
+    throw InvalidArgument("epsilon_cutoff must be in [0, 1)");
+  if (c.do_sample && !(c.eta_cutoff >= 0 && c.eta_cutoff < 1)) throw InvalidArgument("eta_cutoff must be in [0, 1)");
+  if (c.max_time && std::isnan(*c.max_time)) throw InvalidArgument("max_time must be a number of seconds, got NaN");
+  if (c.forced_bos_token_id && *c.forced_bos_token_id < 0)
+    throw InvalidArgument("forced_bos_token_id must be >= 0, got " + std::to_string(*c.forced_bos_token_id));
+  for (std::int64_t id : c.forced_eos_token_id)
+    if (id < 0) throw InvalidArgument("forced_eos_token_id must be >= 0, got " + std::to_string(id));
   if (c.top_k < 0) throw InvalidArgument("top_k must be >= 0");
   if (!(c.repetition_penalty > 0)) throw InvalidArgument("repetition_penalty must be strictly positive");
   if (c.max_new_tokens) {
@@ -193,6 +221,13 @@ void check_generation_size(const GenerationConfig& cfg, std::int64_t B, std::int
     throw InvalidArgument(over_limit("generate: rows x (prompt length + max_length) = " + std::to_string(rows) +
                                          " x (" + std::to_string(L) + " + " + std::to_string(cfg.max_length) + ")",
                                      positions, "max_total_positions", limits.max_total_positions));
+  if (cfg.forced_bos_token_id && *cfg.forced_bos_token_id >= V)
+    throw InvalidArgument("forced_bos_token_id (" + std::to_string(*cfg.forced_bos_token_id) +
+                          ") is not below the vocabulary size (" + std::to_string(V) + ")");
+  for (std::int64_t id : cfg.forced_eos_token_id)
+    if (id >= V)
+      throw InvalidArgument("forced_eos_token_id (" + std::to_string(id) + ") is not below the vocabulary size (" +
+                            std::to_string(V) + ")");
   if (cfg.output_scores) {
     const std::int64_t bytes = mul_sat(mul_sat(mul_sat(rows, cfg.max_length - 1), V), 4);
     if (bytes > limits.max_output_scores_bytes)
@@ -230,6 +265,10 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
       for (std::int64_t e = 0; e < expand; ++e) idx.push_back(b);
     lm.select_rows(*state, idx);
   }
+  // MaxTimeCriteria's clock: transformers creates it after the encoder outputs exist and before
+  // the first decoding step, so it excludes the T5 encoder (run by start()) and includes the LLaMA
+  // prefill (run by the first step()).
+  const auto started = std::chrono::steady_clock::now();
   std::vector<Seq> seqs(std::size_t(rows), Seq{start_token});
   const LogitsProcessorList processors = make_logits_processors(cfg, prompt_len);
   const LogitsProcessorList warpers = cfg.do_sample ? make_logits_warpers(cfg) : LogitsProcessorList();
@@ -237,6 +276,11 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
   GenerateOutput out;
 
   auto aborted = [&] { return hooks.abort && hooks.abort->load(); };
+  // MaxTimeCriteria: checked after every step, true once more than max_time seconds have passed.
+  auto out_of_time = [&] {
+    return cfg.max_time &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() > *cfg.max_time;
+  };
 
   if (!beam) {
     // ---- greedy search / multinomial sampling --------------------------------------------
@@ -274,7 +318,7 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
       }
       if (hooks.on_tokens) hooks.on_tokens(next);
       last = next;
-      if (!any || std::int64_t(seqs[0].size()) >= cfg.max_length) break;
+      if (!any || std::int64_t(seqs[0].size()) >= cfg.max_length || out_of_time()) break;
     }
     out.sequences = std::move(seqs);
     return out;
@@ -376,7 +420,7 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
     beam_scores = next_scores;
     last = next_tokens;
     const bool all_done = std::all_of(done.begin(), done.end(), [](char d) { return d != 0; });
-    if (all_done || std::int64_t(seqs[0].size()) >= cfg.max_length) break;
+    if (all_done || std::int64_t(seqs[0].size()) >= cfg.max_length || out_of_time()) break;
     lm.select_rows(*state, next_rows);
   }
 

@@ -310,10 +310,9 @@ InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_
   impl->config = InstructBlipConfig::from_json_file(dir + "/config.json");
   impl->generation_config = GenerationConfig::from_model_config(impl->config);
   const std::string gen_path = dir + "/generation_config.json";
-  if (file_exists(gen_path)) {
-    const GenerationConfig file = GenerationConfig::from_json_file(gen_path);
-    impl->generation_config = impl->generation_config.merged_with(file.to_json(), gen_path);
-  }
+  // Only the keys the file sets override from_model_config (a whole parsed struct would reset the
+  // rest to the class defaults).
+  if (file_exists(gen_path)) impl->generation_config = impl->generation_config.merged_with_file(gen_path);
   impl->source_dir = dir;
   impl->checkpoint = io::Checkpoint::open(dir, options.progress);
   const auto& ck = impl->checkpoint;

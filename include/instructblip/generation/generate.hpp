@@ -45,7 +45,10 @@ struct GenerateOutput {
 /// `max_new_tokens`, `pad_token_id` defaulted to the first EOS id when unset (as transformers
 /// does with a warning). Throws InvalidArgument on unusable settings, and on max_length /
 /// max_new_tokens / num_beams / num_return_sequences beyond `limits` (naming the setting and the
-/// limit).
+/// limit). Refuses, naming the field, the settings that cannot be honoured here: diversity_penalty
+/// != 0 (group beam search only), encoder_repetition_penalty != 1 and encoder_no_repeat_ngram_size
+/// != 0 (they need the encoder's input ids; InstructBLIP generates from inputs_embeds); and, with
+/// do_sample, typical_p outside (0, 1], epsilon_cutoff / eta_cutoff outside [0, 1).
 GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_encoder_decoder,
                                            const GenerationLimits& limits = {});
 
@@ -54,7 +57,8 @@ GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_
 /// rows (batch x beams, or batch x num_return_sequences) <= limits.max_rows, prompt_length <=
 /// limits.max_prompt_tokens, rows x (prompt_length + max_length) <= limits.max_total_positions and,
 /// with output_scores, rows x (max_length - 1) x vocab x 4 <= limits.max_output_scores_bytes.
-/// Throws InvalidArgument naming the quantity and the limit.
+/// Throws InvalidArgument naming the quantity and the limit; also when forced_bos_token_id or a
+/// forced_eos_token_id is not below `vocab_size`.
 void check_generation_size(const GenerationConfig& resolved, std::int64_t batch, std::int64_t prompt_length,
                            std::int64_t vocab_size, const GenerationLimits& limits = {});
 
@@ -63,6 +67,10 @@ void check_generation_size(const GenerationConfig& resolved, std::int64_t batch,
 /// limits.max_prompt_tokens, the rows (B x beams or B x num_return_sequences) exceed
 /// limits.max_rows, rows x (L + max_length) exceeds limits.max_total_positions, or output_scores
 /// could exceed limits.max_output_scores_bytes — all checked before the model is run.
+///
+/// With max_time set, generation stops after the first step that ends more than max_time seconds
+/// after decoding started (transformers' MaxTimeCriteria, whose clock starts after the encoder has
+/// run and before the first decoding step): at least one token is generated.
 ///
 /// Thread safety: generate() keeps all its state (sequences, RNG, the model's LMState) local to the
 /// call, so several threads may call it at once on one (immutable) LanguageModel.

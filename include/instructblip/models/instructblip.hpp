@@ -80,7 +80,9 @@ class InstructBlipForConditionalGeneration {
   const InstructBlipConfig& config() const;
   /// Generation defaults: the language model's (GenerationConfig::from_model_config, which is what
   /// transformers' InstructBLIP generate() hands to its language model), overlaid with the keys of
-  /// the checkpoint's generation_config.json when present. Callers copy and override it.
+  /// the checkpoint's generation_config.json when present (only the keys it sets). Callers copy and
+  /// override it. A setting generate() refuses (e.g. diversity_penalty) loads fine and makes
+  /// generate() throw InvalidArgument unless the caller resets it.
   const GenerationConfig& generation_config() const;
   const io::Checkpoint& checkpoint() const;
   const models::VisionModel& vision_model() const;
