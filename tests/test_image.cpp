@@ -20,6 +20,7 @@
 #include "instructblip/io/safetensors.hpp"
 #include "instructblip/processing/image.hpp"
 #include "instructblip/processing/image_processor.hpp"
+#include "support/jpeg_encode.hpp"
 
 namespace ib = instructblip;
 using nlohmann::json;

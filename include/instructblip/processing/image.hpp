@@ -62,12 +62,6 @@ inline Image decode_image(const std::vector<std::uint8_t>& bytes, const ImageLoa
   return decode_image(bytes.data(), bytes.size(), options, name);
 }
 
-/// Encodes an RGB image as a baseline (or progressive) JFIF JPEG with libjpeg-turbo at `quality`
-/// (1..100, 4:2:0 chroma subsampling, libjpeg's standard tables). For tests and benchmarks; the
-/// bytes are not meant to equal Pillow's encoder output. InvalidArgument for an empty image or a
-/// quality outside 1..100.
-std::vector<std::uint8_t> encode_jpeg(const Image& image, int quality = 90, bool progressive = false);
-
 /// PIL resampling filters, numbered as PIL.Image.Resampling (and as preprocessor_config.json's "resample").
 enum class Resample : int { Nearest = 0, Lanczos = 1, Bilinear = 2, Bicubic = 3, Box = 4, Hamming = 5 };
 

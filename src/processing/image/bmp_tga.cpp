@@ -1,0 +1,159 @@
+// BMP and TGA decoding: stb_image for true colour, Pillow 9.4's BmpImagePlugin rules for palette
+// BMPs and 16-bit BMP channel expansion.
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include <stb_image.h>
+
+#include "image_internal.hpp"
+namespace instructblip::image_detail {
+
+namespace {
+
+struct StbFree {
+  void operator()(void* p) const { stbi_image_free(p); }
+};
+
+Image decode_with_stb(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name,
+                      const char* format) {
+  if (n > std::size_t(INT_MAX)) fail(name, std::string(format) + " file too large");
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info_from_memory(d, int(n), &w, &h, &c)) {
+    const char* why = stbi_failure_reason();
+    fail(name, std::string("cannot read ") + format + " header (" + (why ? why : "unknown error") + ")");
+  }
+  // stbi_info reports a top-down BMP's height as the raw (negative) header field; stbi_load
+  // flips such images and returns the magnitude. Check the size the load will produce.
+  const std::uint64_t info_h = h < 0 ? std::uint64_t(-std::int64_t(h)) : std::uint64_t(h);
+  check_dimensions(std::uint64_t(std::max(w, 0)), info_h, opt, name, format);
+  std::unique_ptr<std::uint8_t, StbFree> px(stbi_load_from_memory(d, int(n), &w, &h, &c, 3));
+  if (!px) {
+    const char* why = stbi_failure_reason();
+    fail(name, std::string("cannot decode ") + format + " (" + (why ? why : "unknown error") + ")");
+  }
+  check_dimensions(std::uint64_t(std::max(w, 0)), std::uint64_t(std::max(h, 0)), opt, name, format);
+  Image out;
+  out.width = w;
+  out.height = h;
+  out.rgb.assign(px.get(), px.get() + std::size_t(w) * std::size_t(h) * 3);
+  return out;
+}
+
+/// Palette BMPs (1, 4, 8 bits, uncompressed) as Pillow's BmpImagePlugin reads them: `colors`
+/// (biClrUsed, or 1 << bits) BGRX entries right after the header, Pillow's grey ramp beyond them,
+/// rows padded to 4 bytes, bottom-up unless the height is negative. (stb_image would take the
+/// palette size from the pixel offset and leave entries past it uninitialised.)
+Image decode_bmp_palette(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name) {
+  const std::uint32_t hsz = le32(d + 14);
+  std::int64_t w, h;
+  int bits;
+  std::uint32_t compression = 0, colors = 0;
+  if (hsz == 12) {
+    w = le16(d + 18);
+    h = le16(d + 20);
+    bits = le16(d + 24);
+  } else {
+    w = std::int32_t(le32(d + 18));
+    h = std::int32_t(le32(d + 22));
+    bits = le16(d + 28);
+    compression = le32(d + 30);
+    colors = le32(d + 46);
+  }
+  const bool top_down = h < 0;
+  if (top_down) h = -h;
+  if (compression != 0) fail(name, "unsupported BMP compression " + std::to_string(compression) + " (RLE)");
+  if (w <= 0 || h <= 0) fail(name, "BMP image has an invalid size");
+  check_dimensions(std::uint64_t(w), std::uint64_t(h), opt, name, "BMP");
+  if (colors == 0) colors = 1u << bits;
+  if (colors > 256) fail(name, "unsupported BMP palette size " + std::to_string(colors));
+  const std::size_t entry = hsz == 12 ? 3 : 4;
+  const std::size_t pal_at = 14 + std::size_t(hsz);
+  if (n < pal_at + entry * colors) fail(name, "BMP image file is truncated (palette)");
+  std::uint8_t rgb_entries[256 * 3];
+  for (std::uint32_t i = 0; i < colors; ++i) {
+    const std::uint8_t* e = d + pal_at + entry * i;
+    rgb_entries[3 * i] = e[2];
+    rgb_entries[3 * i + 1] = e[1];
+    rgb_entries[3 * i + 2] = e[0];
+  }
+  const auto pal = pillow_palette(rgb_entries, colors);
+  std::size_t offset = le32(d + 10);
+  if (offset == 0) offset = pal_at + entry * colors;
+  const std::uint64_t stride = ((std::uint64_t(w) * std::uint64_t(bits) + 31) >> 3) & ~std::uint64_t(3);
+  if (offset > n || (n - offset) / stride < std::uint64_t(h)) fail(name, "BMP image file is truncated");
+  Image out = blank_image(std::uint32_t(w), std::uint32_t(h));
+  for (std::int64_t r = 0; r < h; ++r) {
+    const std::uint8_t* row = d + offset + std::size_t(r) * stride;
+    std::uint8_t* dst = out.row(int(top_down ? r : h - 1 - r));
+    for (std::int64_t x = 0; x < w; ++x) {
+      unsigned idx;
+      if (bits == 8) idx = row[x];
+      else if (bits == 4) idx = (row[x / 2] >> (x % 2 ? 0 : 4)) & 15;
+      else idx = (row[x / 8] >> (7 - x % 8)) & 1;
+      std::memcpy(dst + 3 * x, &pal[3 * idx], 3);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Image decode_bmp(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name) {
+  if (n < 30) fail(name, "BMP image file is truncated");
+  const std::uint32_t hsz = le32(d + 14);
+  if (hsz != 12 && hsz != 40 && hsz != 52 && hsz != 56 && hsz != 64 && hsz != 108 && hsz != 124)
+    fail(name, "unsupported BMP header type (" + std::to_string(hsz) + " bytes)");
+  if (n < 14 + std::size_t(hsz)) fail(name, "BMP image file is truncated (header)");
+  const int bits = hsz == 12 ? le16(d + 24) : le16(d + 28);
+  if (bits == 1 || bits == 4 || bits == 8) return decode_bmp_palette(d, n, opt, name);
+  if (bits != 16 && bits != 24 && bits != 32) fail(name, "unsupported BMP pixel depth " + std::to_string(bits));
+  Image img = decode_with_stb(d, n, opt, name, "BMP");
+  // 16-bit BMPs: stb expands 5/6-bit channels as floor(v * 33 / 4) / floor(v * 65 / 16); Pillow's
+  // "BGR;15" / "BGR;16" unpackers use v * 255 / 31 and v * 255 / 63. Recover v and redo it.
+  if (n >= 34) {
+    const std::uint32_t hsz = le32(d + 14);
+    if (hsz >= 40 && le16(d + 28) == 16) {
+      const std::uint32_t comp = le32(d + 30);
+      int gbits = 5;
+      if (comp == 3) {
+        const std::size_t mo = (hsz == 40) ? 54 : 14 + 40;
+        if (n < mo + 12) fail(name, "BMP image file is truncated");
+        const std::uint32_t mr = le32(d + mo), mg = le32(d + mo + 4), mb = le32(d + mo + 8);
+        if (mr == 0xF800 && mg == 0x7E0 && mb == 0x1F) gbits = 6;
+        else if (mr == 0x7C00 && mg == 0x3E0 && mb == 0x1F) gbits = 5;
+        else fail(name, "unsupported BMP bitfields layout");
+      } else if (comp != 0) {
+        fail(name, "unsupported BMP compression " + std::to_string(comp));
+      }
+      // s = floor(v * 33 / 4) lies within (v * 33 / 4 - 1, v * 33 / 4]: v = round(s * 4 / 33)
+      auto fix5 = [](unsigned s) { return std::uint8_t(((8 * s + 33) / 66) * 255 / 31); };
+      auto fix6 = [](unsigned s) { return std::uint8_t(((32 * s + 65) / 130) * 255 / 63); };
+      for (std::size_t i = 0; i < img.rgb.size(); i += 3) {
+        img.rgb[i] = fix5(img.rgb[i]);
+        img.rgb[i + 1] = gbits == 6 ? fix6(img.rgb[i + 1]) : fix5(img.rgb[i + 1]);
+        img.rgb[i + 2] = fix5(img.rgb[i + 2]);
+      }
+    }
+  }
+  return img;
+}
+
+/// Pillow's TgaImagePlugin header checks (it has no signature); stb_image then decodes.
+bool looks_like_tga(const std::uint8_t* d, std::size_t n) {
+  if (n < 18) return false;
+  const int colormaptype = d[1], imagetype = d[2], depth = d[16];
+  const int w = le16(d + 12), h = le16(d + 14);
+  if (colormaptype > 1 || w <= 0 || h <= 0) return false;
+  if (depth != 1 && depth != 8 && depth != 16 && depth != 24 && depth != 32) return false;
+  return imagetype == 1 || imagetype == 2 || imagetype == 3 || imagetype == 9 || imagetype == 10 || imagetype == 11;
+}
+
+Image decode_tga(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name) {
+  return decode_with_stb(d, n, opt, name, "TGA");
+}
+
+}  // namespace instructblip::image_detail
