@@ -3,12 +3,13 @@
 //   Image.open(path).convert("RGB")            -> load_image / decode_image
 //   image.resize((w, h), resample)              -> resize_image
 // JPEG goes through libjpeg-turbo with Pillow's settings (ISLOW IDCT, fancy upsampling;
-// CMYK read as Adobe-inverted and converted with Pillow's cmyk2rgb). PNG, GIF (first frame) and
-// PNM are parsed here (PNG inflated with stb_image's zlib into a fixed-size buffer), BMP and TGA
-// go through stb_image. All follow Pillow's modes and convert("RGB") rules: alpha dropped, not
-// composited; palettes looked up (Pillow's grey-ramp default beyond the file's entries,
-// transparency ignored); 16-bit colour reduced to the high byte but 16-bit grey (Pillow mode
-// "I") clipped to 255; PNM samples scaled by maxval as Pillow does.
+// CMYK read as Adobe-inverted and converted with Pillow's cmyk2rgb). PNG, GIF (first frame), PNM
+// and palette BMP (also RLE8 / RLE4) are parsed by the library (PNG inflated with stb_image's zlib
+// into a fixed-size buffer); true-colour BMP and TGA go through stb_image. All follow Pillow's
+// modes and convert("RGB") rules: alpha dropped, not composited; palettes looked up (Pillow's
+// grey-ramp default beyond the file's entries, transparency ignored); 16-bit colour reduced to the
+// high byte but 16-bit grey (Pillow mode "I") clipped to 255; PNM samples scaled by maxval as
+// Pillow does. tests/data/images/pillow/ holds the decoders to Pillow's output for each format.
 // Every failure is a typed exception: IoError (unreadable file), FormatError (not an image,
 // truncated, hostile, or larger than ImageLoadOptions::max_pixels), InvalidArgument.
 #include <cstddef>

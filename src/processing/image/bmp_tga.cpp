@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <stb_image.h>
 
@@ -43,10 +44,67 @@ Image decode_with_stb(const std::uint8_t* d, std::size_t n, const ImageLoadOptio
   return out;
 }
 
-/// Palette BMPs (1, 4, 8 bits, uncompressed) as Pillow's BmpImagePlugin reads them: `colors`
-/// (biClrUsed, or 1 << bits) BGRX entries right after the header, Pillow's grey ramp beyond them,
-/// rows padded to 4 bytes, bottom-up unless the height is negative. (stb_image would take the
-/// palette size from the pixel offset and leave entries past it uninitialised.)
+/// Pillow 9.4's BmpRleDecoder: the palette indices of an RLE8 (or, if `rle4`, RLE4) bitmap in file
+/// row order, from `pos` on. It stops once w * h indices are produced, at an end-of-bitmap code or
+/// at the end of the file. Its quirks are kept: runs are clipped to the row only in encoded mode;
+/// an end-of-line pads with index 0; a delta consumes four bytes after its escape (Pillow reads
+/// two, then the (right, up) pair) and skips right + up * w pixels; an absolute run is followed
+/// by a skip to an even file offset, and in RLE4 holds count / 2 bytes (an odd last pixel is lost).
+/// Fewer than w * h indices is Pillow's "not enough image data".
+std::vector<std::uint8_t> bmp_rle_indices(const std::uint8_t* d, std::size_t n, std::size_t pos, std::uint64_t w,
+                                          std::uint64_t h, bool rle4, const std::string& name) {
+  const std::uint64_t total = w * h;
+  std::vector<std::uint8_t> data;
+  data.reserve(std::size_t(total));
+  std::uint64_t x = 0;
+  while (data.size() < total) {
+    if (pos >= n || n - pos < 2) break;
+    const unsigned count = d[pos], code = d[pos + 1];
+    pos += 2;
+    if (count) {  // encoded mode: `count` pixels of one index (RLE4: two alternating indices)
+      const std::uint64_t k = x + count > w ? (x < w ? w - x : 0) : count;
+      for (std::uint64_t i = 0; i < k; ++i)
+        data.push_back(std::uint8_t(!rle4 ? code : i % 2 == 0 ? code >> 4 : code & 15));
+      x += k;
+    } else if (code == 0) {  // end of line
+      while (data.size() % w) data.push_back(0);
+      x = 0;
+    } else if (code == 1) {  // end of bitmap
+      break;
+    } else if (code == 2) {  // delta
+      if (n - pos < 2) break;
+      pos += 2;
+      if (n - pos < 2) fail(name, "BMP image file is truncated (RLE delta)");
+      const std::uint64_t right = d[pos], up = d[pos + 1];
+      pos += 2;
+      data.insert(data.end(), std::size_t(right + up * w), std::uint8_t(0));
+      x = data.size() % w;
+    } else {  // absolute mode: `code` literal pixels
+      const std::size_t want = rle4 ? code / 2 : code;
+      const std::size_t got = std::min(want, n - pos);
+      for (std::size_t i = 0; i < got; ++i) {
+        if (rle4) {
+          data.push_back(std::uint8_t(d[pos + i] >> 4));
+          data.push_back(std::uint8_t(d[pos + i] & 15));
+        } else {
+          data.push_back(d[pos + i]);
+        }
+      }
+      pos += got;
+      if (got < want) break;
+      x += code;
+      if (pos % 2) ++pos;
+    }
+  }
+  if (data.size() < total) fail(name, "BMP image file is truncated (not enough RLE image data)");
+  return data;
+}
+
+/// Palette BMPs (1, 4, 8 bits, uncompressed, RLE8 or RLE4) as Pillow's BmpImagePlugin reads them:
+/// `colors` (biClrUsed, or 1 << bits) BGRX entries right after the header, Pillow's grey ramp
+/// beyond them, rows padded to 4 bytes, bottom-up unless the height is negative. (stb_image would
+/// take the palette size from the pixel offset and leave entries past it uninitialised, and
+/// refuses RLE.)
 Image decode_bmp_palette(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name) {
   const std::uint32_t hsz = le32(d + 14);
   std::int64_t w, h;
@@ -65,7 +123,12 @@ Image decode_bmp_palette(const std::uint8_t* d, std::size_t n, const ImageLoadOp
   }
   const bool top_down = h < 0;
   if (top_down) h = -h;
-  if (compression != 0) fail(name, "unsupported BMP compression " + std::to_string(compression) + " (RLE)");
+  // Pillow decodes RLE8 / RLE4 whatever the pixel depth says; 1-bit RLE (Pillow's mode "1" with
+  // a raw mode it cannot unpack, unless the palette has colour) is left out.
+  const bool rle = (compression == 1 || compression == 2) && bits != 1;
+  if (compression != 0 && !rle)
+    fail(name, "unsupported BMP compression " + std::to_string(compression) + " for " + std::to_string(bits) +
+                   "-bit pixels");
   if (w <= 0 || h <= 0) fail(name, "BMP image has an invalid size");
   check_dimensions(std::uint64_t(w), std::uint64_t(h), opt, name, "BMP");
   if (colors == 0) colors = 1u << bits;
@@ -82,7 +145,20 @@ Image decode_bmp_palette(const std::uint8_t* d, std::size_t n, const ImageLoadOp
   }
   const auto pal = pillow_palette(rgb_entries, colors);
   std::size_t offset = le32(d + 10);
+  // Pillow: an offset pointing at the palette means "after it" (counted as 4-byte entries)
+  if (offset == pal_at) offset += 4 * std::size_t(colors);
   if (offset == 0) offset = pal_at + entry * colors;
+  if (rle) {
+    if (offset > n) fail(name, "BMP image file is truncated");
+    const auto idx = bmp_rle_indices(d, n, offset, std::uint64_t(w), std::uint64_t(h), compression == 2, name);
+    Image out = blank_image(std::uint32_t(w), std::uint32_t(h));
+    for (std::int64_t r = 0; r < h; ++r) {
+      const std::uint8_t* row = idx.data() + std::size_t(r) * std::size_t(w);
+      std::uint8_t* dst = out.row(int(top_down ? r : h - 1 - r));
+      for (std::int64_t x = 0; x < w; ++x) std::memcpy(dst + 3 * x, &pal[3 * std::size_t(row[x])], 3);
+    }
+    return out;
+  }
   const std::uint64_t stride = ((std::uint64_t(w) * std::uint64_t(bits) + 31) >> 3) & ~std::uint64_t(3);
   if (offset > n || (n - offset) / stride < std::uint64_t(h)) fail(name, "BMP image file is truncated");
   Image out = blank_image(std::uint32_t(w), std::uint32_t(h));
