@@ -11,6 +11,7 @@
 #include <stb_image.h>
 
 #include "image_internal.hpp"
+
 namespace instructblip::image_detail {
 
 namespace {

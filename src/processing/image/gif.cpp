@@ -1,16 +1,13 @@
-// GIF decoding: the first frame, as Pillow 9.4's GifImagePlugin builds it.
+// GIF decoding: the first frame as Pillow 9.4 builds it (mode P / L on a canvas filled with the
+// transparency index or 0, palette lookup with Pillow's grey-ramp default palette).
 #include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "image_internal.hpp"
-namespace instructblip::image_detail {
 
-// ---------------------------------------------------------------------------------------------
-// GIF: the first frame as Pillow 9.4 builds it (mode P / L on a canvas filled with the
-// transparency index or 0, palette lookup with Pillow's grey-ramp default palette).
-// ---------------------------------------------------------------------------------------------
+namespace instructblip::image_detail {
 
 Image decode_gif(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name) {
   if (n < 13) fail(name, "GIF image file is truncated");

@@ -10,6 +10,7 @@
 
 #include "image_internal.hpp"
 #include "instructblip/core/error.hpp"
+
 namespace instructblip::image_detail {
 
 namespace {

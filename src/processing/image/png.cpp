@@ -11,6 +11,7 @@
 #include <stb_image.h>
 
 #include "image_internal.hpp"
+
 namespace instructblip::image_detail {
 
 namespace {
@@ -48,8 +49,7 @@ std::vector<std::uint8_t> inflate_exact(const std::vector<std::uint8_t>& z, std:
 }
 
 // ---------------------------------------------------------------------------------------------
-// PNG: chunk walk with Pillow's checks (CRC of every chunk before the image data), unfiltering and
-// conversion to RGB with Pillow's rules for each of its modes.
+// Chunk checks, unfiltering, conversion to RGB
 // ---------------------------------------------------------------------------------------------
 
 std::uint32_t crc32_update(std::uint32_t crc, const std::uint8_t* p, std::size_t n) {
