@@ -699,6 +699,17 @@ TEST(ImageFormats, BmpRleTruncatedOrBadCompression) {
   EXPECT_THROW(ib::decode_image(rle8), ib::FormatError);
 }
 
+TEST(ImageFormats, TgaColourMapErrors) {
+  auto tga = read_file(kData + "/images/pillow/tga_palette_short.tga");
+  ASSERT_GT(tga.size(), 18u + 21u);
+  EXPECT_EQ(ib::decode_image(tga).width, 23);
+  // cut inside the colour map
+  EXPECT_THROW(ib::decode_image(std::vector<std::uint8_t>(tga.begin(), tga.begin() + 18 + 10)), ib::FormatError);
+  // 32-bit colour map entries: Pillow has no raw mode for such a palette and refuses the file
+  tga[7] = 32;
+  EXPECT_THROW(ib::decode_image(tga), ib::FormatError);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pillow references: tests/data/images/pillow/ holds small files of every container and mode the
 // decoders handle, and manifest.json what Pillow 9.4 decodes from each with

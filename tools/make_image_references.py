@@ -260,19 +260,38 @@ def rle4(idx):
 
 # ---- TGA by the specification --------------------------------------------------------------
 
-def tga_file(w, h, imagetype, depth, pixel_bytes, top_left, cmap=None, cmap_depth=24, alpha_bits=0):
-    cm = b""
-    if cmap is not None:
-        cm = b"".join(bytes([b, g, r]) for r, g, b in zip(cmap[0::3], cmap[1::3], cmap[2::3]))
-    desc = (0x20 if top_left else 0) | alpha_bits
-    head = struct.pack("<BBBHHBHHHHBB", 0, 1 if cmap is not None else 0, imagetype, 0,
-                       0 if cmap is None else len(cmap) // 3, cmap_depth if cmap is not None else 0, 0, 0, w, h,
-                       depth, desc)
-    return head + cm + pixel_bytes
+def tga_file(w, h, imagetype, depth, pixel_bytes, descriptor, cmap=b"", cmap_first=0, cmap_count=0, cmap_depth=0,
+             image_id=b""):
+    """descriptor: 0x20 top-left origin, 0x10 right-to-left, low bits alpha depth; cmap: raw entry bytes."""
+    head = struct.pack("<BBBHHBHHHHBB", len(image_id), 1 if cmap_count else 0, imagetype, cmap_first, cmap_count,
+                       cmap_depth, 0, 0, w, h, depth, descriptor)
+    return head + image_id + cmap + pixel_bytes
 
 
-def tga_rle(pixels, bpp):
-    """pixels: list of bpp-byte pixels in file order; runs and raw packets of up to 128 pixels."""
+def bmp_v5(w, h, bits, pixel_data, masks, header_size=124, compression=3):
+    """A BMP with a V4 (108) / V5 (124) header carrying the four channel masks."""
+    info = struct.pack("<IiiHHIIiiII", header_size, w, h, 1, bits, compression, len(pixel_data), 2835, 2835, 0, 0)
+    info += struct.pack("<IIII", *masks) + bytes(header_size - 56)
+    offset = 14 + len(info)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixel_data), 0, 0, offset) + info + pixel_data
+
+
+def bmp_os2(w, h, idx, pal):
+    """An OS/2 (12-byte header) 8-bit palette BMP: 3-byte BGR palette entries."""
+    info = struct.pack("<IHHHH", 12, w, h, 1, 8)
+    pal_bytes = b"".join(bytes([b, g, r]) for r, g, b in zip(pal[0::3], pal[1::3], pal[2::3]))
+    data = bmp_rows([r.tobytes() for r in idx], False)
+    offset = 14 + 12 + len(pal_bytes)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + pal_bytes + data
+
+
+def tga_rle(pixels, width):
+    """pixels: list of pixels (bytes) in file order; run and raw packets of up to 128 pixels, none
+    crossing a row (as the TGA specification asks)."""
+    return b"".join(tga_rle_row(pixels[i:i + width]) for i in range(0, len(pixels), width))
+
+
+def tga_rle_row(pixels):
     out = bytearray()
     i = 0
     while i < len(pixels):
@@ -357,6 +376,8 @@ def cases():
     c["gif_short_palette_interlaced.gif"] = write_gif(
         (13, 19), [{"x0": 0, "y0": 0, "idx": indices(13, 19, 16, 14), "interlace": True}], gct=palette(4, 15))
     c["gif_no_palette.gif"] = write_gif((11, 5), [{"x0": 0, "y0": 0, "idx": indices(11, 5, 256, 16)}])
+    c["gif87a_background_index.gif"] = b"GIF87a" + write_gif((9, 7), [{"x0": 2, "y0": 1, "idx": indices(5, 4, 4, 49)}],
+                                                             gct=palette(4, 50), background=3)[6:]
     c["gif_grey_palette.gif"] = pil_bytes(im_l, "GIF", interlace=False)
 
     # PNM
@@ -375,6 +396,10 @@ def cases():
     c["pnm_p2_maxval_15.pgm"] = pnm_plain("P2", 13, 7, 15, indices(13, 7, 16, 20).reshape(-1))
     c["pnm_p3.ppm"] = pnm_plain("P3", 13, 7, 255, rgb_array(13, 7, 21).reshape(-1))
     c["pnm_p3_maxval_1023.ppm"] = pnm_plain("P3", 13, 7, 1023, rgb_array(13, 7, 22).reshape(-1).astype(int) * 4)
+
+    c["pnm_p5_comments_and_whitespace.pgm"] = b"P5 #a\n\n23\t17 #b\n# c\n255\n" + grey.tobytes()
+    c["pnm_p6_maxval_1.ppm"] = b"P6 23 17 1\n" + indices(23, 17, 2, 47).repeat(3).tobytes()
+    c["pnm_p1_no_separators.pbm"] = b"P1\n13 7\n" + "".join(str(v) for v in indices(13, 7, 2, 48).reshape(-1)).encode()
 
     # BMP
     c["bmp_24bit.bmp"] = pil_bytes(im_rgb, "BMP")
@@ -405,6 +430,18 @@ def cases():
     c["bmp_rle8.bmp"] = bmp_file(31, 19, 8, rle8(runs), pal=pal256, compression=1)
     c["bmp_rle4.bmp"] = bmp_file(23, 17, 4, rle4(np.repeat(indices(6, 17, 16, 26), 4, axis=1)[:, :23]), pal=pal16,
                                  compression=2)
+    # V4 / V5 headers with channel masks, an OS/2 header
+    rows32 = bmp_rows([np.hstack([r, rgba[y, :, 3:]]).tobytes() for y, r in enumerate(rgb[..., ::-1])], False)
+    c["bmp_v5_32bit_bgra_masks.bmp"] = bmp_v5(23, 17, 32, rows32, (0xFF0000, 0xFF00, 0xFF, 0xFF000000))
+    c["bmp_v5_32bit_bgrx_masks.bmp"] = bmp_v5(23, 17, 32, rows32, (0xFF0000, 0xFF00, 0xFF, 0))
+    rows32r = bmp_rows([np.hstack([r, rgba[y, :, 3:]]).tobytes() for y, r in enumerate(rgb)], False)
+    c["bmp_v5_32bit_rgba_masks.bmp"] = bmp_v5(23, 17, 32, rows32r, (0xFF, 0xFF00, 0xFF0000, 0xFF000000))
+    c["bmp_v5_16bit_565.bmp"] = bmp_v5(23, 17, 16, bmp_rows([r.astype("<u2").tobytes() for r in px565], False),
+                                       (0xF800, 0x07E0, 0x001F, 0))
+    c["bmp_v4_24bit.bmp"] = bmp_v5(23, 17, 24, bmp_rows([r[:, ::-1].tobytes() for r in rgb], False), (0, 0, 0, 0),
+                                   header_size=108, compression=0)
+    c["bmp_os2_8bit.bmp"] = bmp_os2(31, 19, idx256, pal256)
+
     # RLE by hand: an end of line before the row is full, a delta, absolute runs of odd length,
     # runs longer than the rest of the row. Pillow's quirks decide the pixels (a delta consumes
     # four bytes after its escape; an RLE4 absolute run of 3 pixels yields 2).
@@ -443,7 +480,30 @@ def cases():
     c["tga_grey_rle.tga"] = pil_bytes(blocky.convert("L"), "TGA", rle=True)
     c["tga_palette_rle.tga"] = pil_bytes(_with_palette(np.repeat(idx16, 3, axis=1)[:, :29], pal16), "TGA", rle=True)
     px = [bytes(p) for p in np.repeat(rgb_array(5, 7, 28), 3, axis=1)[:, :, ::-1].reshape(-1, 3)]
-    c["tga_24bit_rle_raw_packets.tga"] = tga_file(15, 7, 10, 24, tga_rle(px, 3), top_left=True)
+    c["tga_24bit_rle_raw_packets.tga"] = tga_file(15, 7, 10, 24, tga_rle(px, 15), 0x20)
+    # right-to-left rows (descriptor bit 4): Pillow mirrors the image
+    bgr = rgb[..., ::-1]
+    c["tga_24bit_right_to_left.tga"] = tga_file(23, 17, 2, 24, bgr.tobytes(), 0x10)
+    c["tga_24bit_rle_right_to_left_top.tga"] = tga_file(15, 7, 10, 24, tga_rle(px, 15), 0x30)
+    c["tga_24bit_image_id.tga"] = tga_file(23, 17, 2, 24, bgr.tobytes(), 0x20, image_id=b"instructblip")
+    px15 = ((rgb[..., 0].astype(np.uint16) >> 3) << 10) | ((rgb[..., 1].astype(np.uint16) >> 3) << 5) | \
+        (rgb[..., 2].astype(np.uint16) >> 3)
+    c["tga_16bit.tga"] = tga_file(23, 17, 2, 16, px15.astype("<u2").tobytes(), 0x20)
+    c["tga_16bit_alpha_bit.tga"] = tga_file(23, 17, 2, 16, (px15 | 0x8000).astype("<u2").tobytes(), 0x21)
+    c["tga_grey_alpha_16bit.tga"] = tga_file(23, 17, 3, 16, rgba[..., [0, 3]].tobytes(), 0x28)
+    # colour maps: a first entry other than 0 (Pillow: zeros below it), fewer entries than the
+    # indices reach (Pillow's grey ramp beyond), 16-bit entries, RLE indices
+    cmap24 = b"".join(bytes([b, g, r]) for r, g, b in zip(pal16[0::3], pal16[1::3], pal16[2::3]))
+    c["tga_palette_first_entry_4.tga"] = tga_file(23, 17, 1, 8, (idx16 + 2).tobytes(), 0x20, cmap=cmap24,
+                                                  cmap_first=4, cmap_count=16, cmap_depth=24)
+    c["tga_palette_short.tga"] = tga_file(23, 17, 1, 8, (idx16 * 3).tobytes(), 0x20, cmap=cmap24[:3 * 7],
+                                          cmap_count=7, cmap_depth=24)
+    cmap15 = bytes(palette(16, 44))[:32]
+    c["tga_palette_16bit_entries.tga"] = tga_file(23, 17, 1, 8, idx16.tobytes(), 0, cmap=cmap15, cmap_count=16,
+                                                  cmap_depth=16)
+    pidx = [bytes([v]) for v in np.repeat(idx16, 3, axis=1)[:, :29].reshape(-1)]
+    c["tga_palette_rle_first_entry_right_to_left.tga"] = tga_file(29, 17, 9, 8, tga_rle(pidx, 29), 0x10, cmap=cmap24,
+                                                                  cmap_first=2, cmap_count=16, cmap_depth=24)
 
     # PNG
     c["png_8bit_rgb.png"] = pil_bytes(im_rgb, "PNG")
@@ -473,6 +533,10 @@ def cases():
     c["png_adam7_16bit_grey.png"] = write_png(g16[..., None], 16, 0, interlace=True)
     c["png_adam7_palette_4bit.png"] = write_png(idx16[..., None], 4, 3, interlace=True, plte=pal16)
     c["png_adam7_grey_1bit_tiny.png"] = write_png(indices(3, 2, 2, 41)[..., None], 1, 0, interlace=True)
+
+    c["png_rgb_trns.png"] = write_png(rgb, 8, 2, trns=struct.pack(">HHH", *(int(v) for v in rgb[0, 0])))
+    c["png_rgb_with_plte.png"] = write_png(rgb, 8, 2, plte=palette(4, 45))
+    c["png_palette_without_plte.png"] = write_png(indices(23, 17, 256, 46)[..., None], 8, 3)
 
     # JPEG (Pillow's encoder; the same libjpeg-turbo decodes on both sides)
     c["jpeg_grey.jpg"] = pil_bytes(im_l, "JPEG", quality=90)

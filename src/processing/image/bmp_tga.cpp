@@ -1,6 +1,8 @@
-// BMP and TGA decoding: stb_image for true colour, Pillow 9.4's BmpImagePlugin rules for palette
-// BMPs and 16-bit BMP channel expansion.
+// BMP and TGA decoding: stb_image unpacks true-colour and grey pixels; Pillow 9.4's rules are
+// applied for palette BMPs (raw and RLE), 16-bit BMP channel expansion, colour-mapped TGA palettes
+// and right-to-left TGA rows.
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -219,7 +221,7 @@ Image decode_bmp(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& o
   return img;
 }
 
-/// Pillow's TgaImagePlugin header checks (it has no signature); stb_image then decodes.
+/// Pillow's TgaImagePlugin header checks (it has no signature).
 bool looks_like_tga(const std::uint8_t* d, std::size_t n) {
   if (n < 18) return false;
   const int colormaptype = d[1], imagetype = d[2], depth = d[16];
@@ -229,8 +231,66 @@ bool looks_like_tga(const std::uint8_t* d, std::size_t n) {
   return imagetype == 1 || imagetype == 2 || imagetype == 3 || imagetype == 9 || imagetype == 10 || imagetype == 11;
 }
 
+namespace {
+
+/// Colour-mapped TGA as Pillow's TgaImagePlugin reads it: mode P with 8-bit indices and a palette
+/// of `first entry` zeros followed by the file's entries (16-bit "BGR;15" or 24-bit "BGR"; Pillow
+/// cannot use 32-bit entries), Pillow's grey ramp beyond them. stb_image would skip `first entry`
+/// bytes instead and map indices past the map to entry 0, so it only unpacks the indices here: the
+/// file is re-labelled as an 8-bit grey TGA (same pixel data, raw or RLE) and decoded as such.
+Image decode_tga_colormapped(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt,
+                             const std::string& name) {
+  const std::size_t id_len = d[0];
+  const unsigned first = le16(d + 3), count = le16(d + 5), entry_bits = d[7];
+  if (d[1] != 1) fail(name, "colour-mapped TGA without a colour map");
+  if (d[16] != 8) fail(name, "unsupported TGA colour-mapped pixel depth " + std::to_string(d[16]));
+  if (entry_bits != 16 && entry_bits != 24)
+    fail(name, "unsupported TGA colour map entry size " + std::to_string(entry_bits));
+  const std::size_t entry = entry_bits / 8, map_at = 18 + id_len, data_at = map_at + entry * count;
+  if (n < data_at) fail(name, "TGA image file is truncated (colour map)");
+
+  std::array<std::uint8_t, 768> pal;
+  for (int i = 0; i < 256; ++i) pal[3 * i] = pal[3 * i + 1] = pal[3 * i + 2] = std::uint8_t(i);
+  for (unsigned i = 0; i < std::min(first, 256u); ++i) pal[3 * i] = pal[3 * i + 1] = pal[3 * i + 2] = 0;
+  for (unsigned k = 0; k < count && first + k < 256; ++k) {
+    const std::uint8_t* e = d + map_at + entry * k;
+    std::uint8_t* o = &pal[3 * std::size_t(first + k)];
+    if (entry == 3) {
+      o[0] = e[2];
+      o[1] = e[1];
+      o[2] = e[0];
+    } else {  // "BGR;15": 5 bits each, red highest, scaled by 255 / 31
+      const unsigned v = le16(e);
+      o[0] = std::uint8_t(((v >> 10) & 31) * 255 / 31);
+      o[1] = std::uint8_t(((v >> 5) & 31) * 255 / 31);
+      o[2] = std::uint8_t((v & 31) * 255 / 31);
+    }
+  }
+
+  std::vector<std::uint8_t> grey(d, d + 18);
+  grey.insert(grey.end(), d + data_at, d + n);
+  grey[0] = 0;                   // no image id
+  grey[1] = 0;                   // no colour map
+  grey[2] = d[2] == 9 ? 11 : 3;  // grey, RLE or raw as the original
+  std::fill(grey.begin() + 3, grey.begin() + 8, std::uint8_t(0));  // colour map specification
+  Image img = decode_with_stb(grey.data(), grey.size(), opt, name, "TGA");
+  for (std::size_t i = 0; i < img.rgb.size(); i += 3) std::memcpy(&img.rgb[i], &pal[3 * std::size_t(img.rgb[i])], 3);
+  return img;
+}
+
+}  // namespace
+
 Image decode_tga(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name) {
-  return decode_with_stb(d, n, opt, name, "TGA");
+  const bool colormapped = d[2] == 1 || d[2] == 9;
+  Image img = colormapped ? decode_tga_colormapped(d, n, opt, name) : decode_with_stb(d, n, opt, name, "TGA");
+  // Descriptor bit 4: pixels stored right to left. stb_image ignores it; Pillow flips the image.
+  if (d[17] & 0x10) {
+    for (int y = 0; y < img.height; ++y) {
+      std::uint8_t* row = img.row(y);
+      for (int a = 0, b = img.width - 1; a < b; ++a, --b) std::swap_ranges(row + 3 * a, row + 3 * a + 3, row + 3 * b);
+    }
+  }
+  return img;
 }
 
 }  // namespace instructblip::image_detail
