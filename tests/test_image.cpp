@@ -12,6 +12,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -677,7 +678,7 @@ std::vector<std::uint8_t> make_gif(int cw, int ch, int x0, int y0, int fw, int f
 
 }  // namespace
 
-TEST(ImageFormats, GifTruncated) {
+TEST(ImageFormats, GifTruncatedOrEmpty) {
   const std::vector<std::uint8_t> pal = {255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9};
   std::vector<std::uint8_t> idx(40 * 30);
   for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = std::uint8_t(i % 4);
@@ -685,6 +686,9 @@ TEST(ImageFormats, GifTruncated) {
   EXPECT_EQ(ib::decode_image(gif).width, 40);
   gif.resize(gif.size() / 2);
   EXPECT_THROW(ib::decode_image(gif), ib::FormatError);
+  // a first frame of no pixels: Pillow raises "tile cannot extend outside image"
+  for (const auto& [fw, fh] : {std::pair{0, 0}, std::pair{0, 2}, std::pair{2, 0}})
+    EXPECT_THROW(ib::decode_image(make_gif(3, 2, 1, 0, fw, fh, pal, {}, -1)), ib::FormatError) << fw << "x" << fh;
 }
 
 TEST(ImageFormats, BmpRleTruncatedOrBadCompression) {

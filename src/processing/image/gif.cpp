@@ -65,6 +65,9 @@ Image decode_gif(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& o
     pos += pal_n * 3;
   }
   const bool interlace = (iflags & 0x40) != 0;
+  // Pillow's decoder refuses an empty tile ("tile cannot extend outside image")
+  if (fw == 0 || fh == 0)
+    fail(name, "GIF first frame is empty (" + std::to_string(fw) + "x" + std::to_string(fh) + ")");
   // Pillow grows the canvas when the first frame extends beyond the logical screen.
   cw = std::max(cw, x0 + fw);
   ch = std::max(ch, y0 + fh);
