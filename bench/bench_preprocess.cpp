@@ -12,6 +12,7 @@
 
 #include "instructblip/processing/image.hpp"
 #include "instructblip/processing/image_processor.hpp"
+#include "support/jpeg_encode.hpp"
 
 namespace ib = instructblip;
 

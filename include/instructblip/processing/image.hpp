@@ -3,12 +3,13 @@
 //   Image.open(path).convert("RGB")            -> load_image / decode_image
 //   image.resize((w, h), resample)              -> resize_image
 // JPEG goes through libjpeg-turbo with Pillow's settings (ISLOW IDCT, fancy upsampling;
-// CMYK read as Adobe-inverted and converted with Pillow's cmyk2rgb). PNG, GIF (first frame) and
-// PNM are parsed here (PNG inflated with stb_image's zlib into a fixed-size buffer), BMP and TGA
-// go through stb_image. All follow Pillow's modes and convert("RGB") rules: alpha dropped, not
-// composited; palettes looked up (Pillow's grey-ramp default beyond the file's entries,
-// transparency ignored); 16-bit colour reduced to the high byte but 16-bit grey (Pillow mode
-// "I") clipped to 255; PNM samples scaled by maxval as Pillow does.
+// CMYK read as Adobe-inverted and converted with Pillow's cmyk2rgb). PNG, GIF (first frame), PNM
+// and palette BMP (also RLE8 / RLE4) are parsed by the library (PNG inflated with stb_image's zlib
+// into a fixed-size buffer); true-colour BMP and TGA go through stb_image. All follow Pillow's
+// modes and convert("RGB") rules: alpha dropped, not composited; palettes looked up (Pillow's
+// grey-ramp default beyond the file's entries, transparency ignored); 16-bit colour reduced to the
+// high byte but 16-bit grey (Pillow mode "I") clipped to 255; PNM samples scaled by maxval as
+// Pillow does. tests/data/images/pillow/ holds the decoders to Pillow's output for each format.
 // Every failure is a typed exception: IoError (unreadable file), FormatError (not an image,
 // truncated, hostile, or larger than ImageLoadOptions::max_pixels), InvalidArgument.
 #include <cstddef>
@@ -61,12 +62,6 @@ inline Image decode_image(const std::vector<std::uint8_t>& bytes, const ImageLoa
                           const std::string& name = "<memory>") {
   return decode_image(bytes.data(), bytes.size(), options, name);
 }
-
-/// Encodes an RGB image as a baseline (or progressive) JFIF JPEG with libjpeg-turbo at `quality`
-/// (1..100, 4:2:0 chroma subsampling, libjpeg's standard tables). For tests and benchmarks; the
-/// bytes are not meant to equal Pillow's encoder output. InvalidArgument for an empty image or a
-/// quality outside 1..100.
-std::vector<std::uint8_t> encode_jpeg(const Image& image, int quality = 90, bool progressive = false);
 
 /// PIL resampling filters, numbered as PIL.Image.Resampling (and as preprocessor_config.json's "resample").
 enum class Resample : int { Nearest = 0, Lanczos = 1, Bilinear = 2, Bicubic = 3, Box = 4, Hamming = 5 };
