@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--skip-pytorch", action="store_true")
     a = ap.parse_args()
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown CPU")
+    print(f"CPU: {model}, {os.cpu_count()} threads")
 
     if not os.path.exists(os.path.join(a.checkpoint, "model.safetensors.index.json")):
         subprocess.run([os.path.join(a.build, "bench", "instructblip-random-checkpoint"), a.checkpoint, "--dtype",

@@ -101,8 +101,8 @@ TEST_P(ShapesDemoReduced, GreedyAnswersEqualFloat32) {
 INSTANTIATE_TEST_SUITE_P(Formats, ShapesDemoReduced, ::testing::Values(ops::WeightFormat::BF16, ops::WeightFormat::Q8_0),
                          [](const auto& info) { return std::string(ops::weight_format_name(info.param)); });
 
-// 4-bit weights are reported, not required to keep every answer: how many of the 64 greedy answers
-// equal the float32 ones, and the largest first-step logit deviation.
+// 4-bit weights keep at least 62 of the 64 greedy answers of float32 (the README's claim; the
+// count is printed with the largest first-step logit deviation).
 TEST(ShapesDemo, Q4AgreementReported) {
   const auto& m4 = model(ops::WeightFormat::Q4_0);
   const auto& m32 = model(ops::WeightFormat::F32);
@@ -117,7 +117,7 @@ TEST(ShapesDemo, Q4AgreementReported) {
   }
   std::printf("[ q4_0     ] %d of %zu greedy answers equal float32; max first-step logit deviation %.4f\n", same,
               items().size(), double(max_dev));
-  EXPECT_GT(same, 0);
+  EXPECT_GE(same, 62);
 }
 
 TEST(ShapesDemo, QuantisedCheckpointLoadsAsStored) {

@@ -83,7 +83,8 @@ void activate_portable(Activation a, float* p, std::int64_t n);
 enum class GemmKind : std::uint8_t {
   F32,     // f32 activations x exact (dequantised) weights, f32 FMA
   Widen,   // bf16 weights widened to f32 in the kernel (exact), f32 FMA
-  Dpbf16,  // activations and weights rounded to bf16, vdpbf16ps (f32 accumulation)
+  Dpbf16,  // activations and weights rounded to bf16, vdpbf16ps (f32 accumulation), on panels
+  Dpbf16Rows,  // the same numerics on row-major BF16 weights read in place (dot-product form)
 };
 
 // ---- the portable level (baseline flags) and x86-64-v3 (AVX2 + FMA + F16C): the same source.
