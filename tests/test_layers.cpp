@@ -160,6 +160,9 @@ TEST(TensorTable, LlamaSavesExactlyWhatItBinds) {
   const models::LlamaModel m(cfg, io::Checkpoint::open(dir), "language_model.");
   const models::LanguageModel& lm = m;  // through the interface, as InstructBLIP uses it
   EXPECT_EQ(names_of(lm.named_weights("language_model.")), lm.bound_tensor_names());
+  std::vector<std::string> specs;
+  for (const auto& s : models::LlamaModel::tensor_specs(cfg, "language_model.")) specs.push_back(s.first);
+  EXPECT_EQ(specs, lm.bound_tensor_names());
   EXPECT_EQ(lm.bound_tensor_names().size(), std::size_t(2 + (cfg.tie_word_embeddings ? 0 : 1) +
                                                           cfg.num_hidden_layers * (2 + 7) +
                                                           (cfg.attention_bias ? cfg.num_hidden_layers * 4 : 0)));

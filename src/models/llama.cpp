@@ -72,6 +72,8 @@ struct LlamaModel::Impl {
   std::vector<std::string> bound;  // names looked up at load, in order
 
   void load(const WeightSource& src, const std::string& prefix);
+  /// Validates cfg and derives the sizes from it (ConfigError for what this implementation lacks).
+  void configure();
   /// The tensor table: every weight (HF name with `prefix`, shape, slot, role) in binding order,
   /// and the tied lm_head alias.
   void visit(const WeightVisitor& v, const std::string& prefix);
@@ -124,6 +126,17 @@ Tensor LlamaState::attention_mask() const {
 // Loading
 
 void LlamaModel::Impl::load(const WeightSource& src, const std::string& prefix) {
+  configure();
+  const WeightPolicy& policy = opt.weights;
+  visit(WeightVisitor::recording(WeightVisitor::loader(src, policy), bound), prefix);
+  if (policy.format != ops::WeightFormat::F32) embed = embed.to(DType::BF16);  // exact for bf16 checkpoints
+  if (cfg.tie_word_embeddings) {
+    lm_head.w = ops::WeightMatrix(embed, policy.format_for(MatrixRole::OutputHead));
+    lm_head.compute = policy.compute_for(MatrixRole::OutputHead);
+  }
+}
+
+void LlamaModel::Impl::configure() {
   const std::string where = "LlamaConfig";
   cfg.validate(where);
   if (cfg.rope_scaling)
@@ -144,13 +157,6 @@ void LlamaModel::Impl::load(const WeightSource& src, const std::string& prefix) 
     act = ops::parse_activation(cfg.hidden_act);
   } catch (const InvalidArgument& e) {
     throw ConfigError(where + ": hidden_act: " + e.what());
-  }
-  const WeightPolicy& policy = opt.weights;
-  visit(WeightVisitor::recording(WeightVisitor::loader(src, policy), bound), prefix);
-  if (policy.format != ops::WeightFormat::F32) embed = embed.to(DType::BF16);  // exact for bf16 checkpoints
-  if (cfg.tie_word_embeddings) {
-    lm_head.w = ops::WeightMatrix(embed, policy.format_for(MatrixRole::OutputHead));
-    lm_head.compute = policy.compute_for(MatrixRole::OutputHead);
   }
 }
 
@@ -223,6 +229,16 @@ std::vector<std::pair<std::string, Tensor>> LlamaModel::named_weights(const std:
   std::vector<std::pair<std::string, Tensor>> out;
   const_cast<Impl&>(*impl_).visit(WeightVisitor::saver(out), prefix);  // the saver only reads the slots
   return out;
+}
+
+std::vector<std::pair<std::string, Shape>> LlamaModel::tensor_specs(const LlamaConfig& config,
+                                                                    const std::string& prefix) {
+  Impl probe;
+  probe.cfg = config;
+  probe.configure();
+  std::vector<std::pair<std::string, Shape>> specs;
+  probe.visit(WeightVisitor::lister(specs), prefix);
+  return specs;
 }
 
 std::vector<std::pair<std::string, std::string>> LlamaModel::tied_aliases(const std::string& prefix) const {
