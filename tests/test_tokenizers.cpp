@@ -762,3 +762,49 @@ TEST(Processor, SavePretrainedNeedsALoadedProcessor) {
                               make_fixture_tokenizer("bert_ours"));
   EXPECT_THROW(p.save_pretrained((fs::path(IB_TEST_TMP_DIR) / "processor_unsaved").string()), ib::InvalidArgument);
 }
+
+TEST(Tokenizers, CheckUtf8NamesTheOffendingByte) {
+  struct Case {
+    std::string text;
+    std::size_t offset;
+    const char* byte;
+    bool truncated;
+  };
+  const Case cases[] = {
+      {std::string("caf\xc3"), 3, "0xC3", true},                   // cut off by the end
+      {std::string("ok \xe2\x82"), 3, "0xE2", true},              // 2 of 3 bytes
+      {std::string("ok \xe2\x82 bad"), 3, "0xE2", false},         // a space where a continuation belongs
+      {std::string("/\xc0\xaf"), 1, "0xC0", false},               // overlong "/"
+      {std::string("x\xed\xa0\x80y"), 1, "0xED", false},          // UTF-16 surrogate
+      {std::string("ab\xf4\x90\x80\x80"), 2, "0xF4", false},      // above U+10FFFF
+      {std::string("\xe0\x80\xaf"), 0, "0xE0", false},            // overlong 3-byte form
+      {std::string("\xf0\x9f\x98\x80 \x80"), 5, "0x80", false},  // a lone continuation byte
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(json(std::vector<int>(c.text.begin(), c.text.end())).dump());
+    try {
+      ib::check_utf8(c.text, "the prompt");
+      ADD_FAILURE() << "accepted";
+    } catch (const ib::InvalidArgument& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("in the prompt at byte offset " + std::to_string(c.offset) + " (byte " + c.byte + ")"),
+                std::string::npos)
+          << msg;
+      EXPECT_EQ(msg.find("truncated multi-byte sequence") != std::string::npos, c.truncated) << msg;
+    }
+  }
+  EXPECT_NO_THROW(ib::check_utf8(std::string("a\0b \xf0\x9f\x98\x80 \xc3\xa9 \xef\xbf\xbd", 15)));
+}
+
+TEST(Tokenizers, IdsToTensor) {
+  const ib::Tensor t = ib::ids_to_tensor({{1, 2, 3}, {4, 5, 6}});
+  ASSERT_EQ(t.shape(), (ib::Shape{2, 3}));
+  EXPECT_EQ(t.dtype(), ib::DType::I64);
+  EXPECT_EQ(tensor_rows(t), (std::vector<std::vector<std::int64_t>>{{1, 2, 3}, {4, 5, 6}}));
+  try {
+    ib::ids_to_tensor({{1, 2}, {3}}, "sequences");
+    ADD_FAILURE() << "ragged rows accepted";
+  } catch (const ib::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("sequences"), std::string::npos) << e.what();
+  }
+}
