@@ -55,14 +55,6 @@ GenerationConfig generation_config(const GenerationConfig& base, const cli::Opti
   return g;
 }
 
-Tensor to_tensor(const std::vector<std::vector<std::int64_t>>& rows) {
-  const std::int64_t B = std::int64_t(rows.size()), L = rows.empty() ? 0 : std::int64_t(rows[0].size());
-  Tensor t = Tensor::empty({B, L}, DType::I64);
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t l = 0; l < L; ++l) t.data<std::int64_t>()[b * L + l] = rows[std::size_t(b)][std::size_t(l)];
-  return t;
-}
-
 // batch_decode(skip_special_tokens=True). A model's embedding matrix may have more rows than its
 // tokenizer has ids (Flan-T5: 32128 vs 32100); such ids have no text, so they are left out of the
 // printed answer with a warning instead of failing the whole run. `sequences` stay exact.
@@ -113,24 +105,15 @@ int run(const cli::Options& o) {
 
   const GenerationConfig gen = generation_config(model.generation_config(), o);
   const bool stream = !o.json && images.size() == 1 && gen.num_beams == 1 && gen.num_return_sequences == 1;
-  std::vector<std::int64_t> streamed;
-  std::string printed;
+  // The answer is printed while it is generated: the streamer returns only text that is final.
+  TextStreamer streamer(processor.tokenizer(), [](std::string_view piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
   generation::GenerateHooks hooks;
-  if (stream)
-    hooks.on_tokens = [&](const std::vector<std::int64_t>& next) {
-      streamed.push_back(next[0]);
-      std::string text = decode_texts(processor, {streamed}, false)[0];
-      // print only what is new; hold back while the text still ends inside a UTF-8 sequence
-      if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0 &&
-          (static_cast<unsigned char>(text.back()) & 0xC0) != 0x80 && static_cast<unsigned char>(text.back()) < 0xC0) {
-        std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
-        std::fflush(stdout);
-        printed = text;
-      }
-    };
+  if (stream) hooks.on_tokens = [&](const std::vector<std::int64_t>& next) { streamer.put(next[0]); };
   GenerateTrace trace;
-  auto out = model.generate(inputs.pixel_values, inputs.qformer_input_ids, inputs.qformer_attention_mask,
-                            inputs.input_ids, inputs.attention_mask, gen, hooks, &trace);
+  auto out = model.generate(inputs, gen, hooks, &trace);
   const std::vector<std::string> texts = decode_texts(processor, out.sequences, !o.quiet);
   const double total_ms = ms_since(t0);
   const auto& tm = trace.timings;
@@ -146,7 +129,7 @@ int run(const cli::Options& o) {
                                        {"qformer.last_hidden_state", trace.qformer_last_hidden_state},
                                        {"language_model_inputs", trace.language_model_inputs},
                                        {"first_step_logits", trace.first_step_logits},
-                                       {"sequences", to_tensor(out.sequences)}});
+                                       {"sequences", ids_to_tensor(out.sequences, "sequences")}});
     log("instructblip-generate: wrote %s\n", o.dump_path.c_str());
   }
 
@@ -167,9 +150,7 @@ int run(const cli::Options& o) {
                        {"total", total_ms}};
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else if (stream) {
-    const std::string& final_text = texts[0];
-    if (final_text.size() > printed.size() && final_text.compare(0, printed.size(), printed) == 0)
-      std::fwrite(final_text.data() + printed.size(), 1, final_text.size() - printed.size(), stdout);
+    streamer.end();
     std::fputs("\n", stdout);
   } else {
     for (const auto& t : texts) std::printf("%s\n", t.c_str());

@@ -4,7 +4,8 @@
 //   instructblip-quantize --model DIR --weights q8_0 --out DIR [--max-shard-gb N]
 //
 // The output directory is a complete checkpoint: the weights (InstructBlipForConditionalGeneration::
-// save_pretrained), config.json, generation_config.json and the processor / tokenizer files copied.
+// save_pretrained), config.json, generation_config.json and the processor / tokenizer files
+// (InstructBlipProcessor::save_pretrained).
 #include <instructblip/instructblip.hpp>
 
 #include <chrono>
@@ -58,11 +59,6 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-bool is_weight_or_config(const std::string& name) {
-  return name == "config.json" || name == "generation_config.json" || name == "model.safetensors" ||
-         name == "model.safetensors.index.json" || name.find(".safetensors") != std::string::npos;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -79,15 +75,7 @@ int main(int argc, char** argv) {
     lo.weights = format;
     auto model = InstructBlipForConditionalGeneration::from_pretrained(a.model, lo);
     model.save_pretrained(a.out, std::size_t(a.max_shard_gb * 1e9));
-    // The processor and tokenizer files (everything that is not weights or the model configs).
-    for (const auto& e : fs::recursive_directory_iterator(a.model)) {
-      const fs::path rel = fs::relative(e.path(), a.model);
-      if (e.is_directory()) {
-        fs::create_directories(fs::path(a.out) / rel);
-      } else if (e.is_regular_file() && !(rel.parent_path().empty() && is_weight_or_config(rel.filename().string()))) {
-        fs::copy_file(e.path(), fs::path(a.out) / rel, fs::copy_options::overwrite_existing);
-      }
-    }
+    InstructBlipProcessor::from_pretrained(a.model).save_pretrained(a.out);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "%s: wrote %s (%s weights) in %.1f s\n", kProg, a.out.c_str(),
                  ops::weight_format_name(format), s);

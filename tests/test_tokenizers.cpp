@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -20,6 +21,8 @@
 
 #include "instructblip/core/error.hpp"
 #include "instructblip/io/safetensors.hpp"
+#include "instructblip/processing/processor.hpp"
+#include "instructblip/processing/streamer.hpp"
 #include "instructblip/processing/tokenizer.hpp"
 
 namespace ib = instructblip;
@@ -607,5 +610,201 @@ TEST(TokenizerFuzzRegressions, DeeplyNestedJsonRejected) {
     ADD_FAILURE() << "deeply nested tokenizer_config.json accepted";
   } catch (const ib::FormatError& e) {
     EXPECT_NE(std::string(e.what()).find("levels deep"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TextStreamer: incremental decoding of generated ids
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// Feeds `ids` one at a time; returns the pieces the streamer produced (end() last).
+std::vector<std::string> stream_pieces(const ib::Tokenizer& tok, const std::vector<std::int64_t>& ids,
+                                       std::string* via_callback = nullptr) {
+  ib::TextStreamer streamer(tok, [&](std::string_view piece) {
+    if (via_callback) via_callback->append(piece);
+  });
+  std::vector<std::string> pieces;
+  for (std::int64_t id : ids) pieces.push_back(streamer.put(id));
+  pieces.push_back(streamer.end());
+  return pieces;
+}
+
+std::string concat(const std::vector<std::string>& pieces) {
+  std::string s;
+  for (const auto& p : pieces) s += p;
+  return s;
+}
+
+}  // namespace
+
+TEST_P(FixtureTest, StreamedTextEqualsTheWholeDecode) {
+  const std::string name = GetParam();
+  const json fx = load_json(kTokDir + "/" + name + ".json");
+  auto tok = make_fixture_tokenizer(name);
+  int checked = 0;
+  for (const auto& s : fx["strings"]) {
+    if (!s.contains("decode_skip_special")) continue;
+    SCOPED_TRACE(name + " text=" + json(s["text"]).dump());
+    std::string via_callback;
+    const auto pieces = stream_pieces(*tok, ids_of(s["input_ids"]), &via_callback);
+    const std::string want = s["decode_skip_special"].get<std::string>();  // transformers' decode
+    EXPECT_EQ(concat(pieces), want);
+    EXPECT_EQ(via_callback, want);
+    for (const auto& p : pieces) EXPECT_NO_THROW(ib::check_utf8(p, "a streamed piece")) << json(p).dump();
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST(TextStreamer, HoldsBackACharacterSplitAcrossByteFallbackTokens) {
+  // "Café": the LLaMA byte-fallback tokenizer spells "é" as <0xC3> <0xA9>.
+  auto tok = make_fixture_tokenizer("llama_hf_bytefallback");
+  const std::vector<std::int64_t> ids = tok->encode("Café naïve", false);
+  const std::vector<std::string> tokens = tok->convert_ids_to_tokens(ids);
+  const auto c3 = std::find(tokens.begin(), tokens.end(), "<0xC3>");
+  ASSERT_NE(c3, tokens.end()) << show(tokens);
+  ASSERT_EQ(*(c3 + 1), "<0xA9>");
+  const std::size_t at = std::size_t(c3 - tokens.begin());
+  ib::TextStreamer streamer(*tok);
+  std::string got;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const std::string piece = streamer.put(ids[i]);
+    // Never half a character, nor the U+FFFD that decode() shows for the half-received "é".
+    EXPECT_NO_THROW(ib::check_utf8(piece));
+    EXPECT_EQ(piece.find("\xEF\xBF\xBD"), std::string::npos) << "token " << i << ": " << json(piece).dump();
+    if (i == at) {  // the split is real: the ids so far decode to a replacement character
+      const std::vector<std::int64_t> head(ids.begin(), ids.begin() + std::ptrdiff_t(i) + 1);
+      EXPECT_NE(tok->decode(head, true).find("\xEF\xBF\xBD"), std::string::npos);
+    }
+    got += piece;
+  }
+  got += streamer.end();
+  EXPECT_EQ(got, tok->decode(ids, true));
+  EXPECT_EQ(got, "Café naïve");
+}
+
+TEST(TextStreamer, SkipsIdsWithoutATokenizerEntryAndRestartsAfterEnd) {
+  auto tok = make_fixture_tokenizer("t5_ours");
+  const std::vector<std::int64_t> ids = tok->encode("hello world", false);
+  ib::TextStreamer streamer(*tok);
+  std::string got;
+  for (std::int64_t id : ids) {
+    got += streamer.put(id);
+    got += streamer.put(tok->size() + 5);  // e.g. Flan-T5's padded embedding rows: no text
+  }
+  got += streamer.end();
+  EXPECT_EQ(got, tok->decode(ids, true));
+  EXPECT_TRUE(streamer.ids().empty());
+  EXPECT_EQ(concat(stream_pieces(*tok, ids)), got);
+}
+
+TEST_P(CheckpointTest, StreamedGenerationEqualsBatchDecode) {
+  // The generated sequences of the transformers references, streamed token by token.
+  const json ref = load_json(dir() + "/reference.json");
+  const auto st = ib::io::SafeTensors::open(dir() + "/reference.safetensors");
+  auto tok = ib::AutoTokenizer::from_pretrained(model_dir());
+  int checked = 0;
+  for (auto mode = ref["generation"].begin(); mode != ref["generation"].end(); ++mode) {
+    if (!mode.value().is_object()) continue;
+    for (const std::string key : {"a", "b"}) {
+      if (!mode.value().contains(key)) continue;
+      const json& g = mode.value()[key];
+      const auto rows = tensor_rows(st.get(g["tensor"].get<std::string>()));
+      const auto texts = g["text"].get<std::vector<std::string>>();
+      for (std::size_t r = 0; r < rows.size(); ++r) {
+        EXPECT_EQ(concat(stream_pieces(*tok, rows[r])), texts[r]) << mode.key() << "." << key << " row " << r;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GE(checked, 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// InstructBlipProcessor::save_pretrained
+// ---------------------------------------------------------------------------------------------
+
+TEST_P(CheckpointTest, ProcessorSavePretrainedReloadsEqual) {
+  const auto p = ib::InstructBlipProcessor::from_pretrained(model_dir());
+  const fs::path out = fs::path(IB_TEST_TMP_DIR) / ("processor_saved_" + GetParam());
+  fs::remove_all(out);
+  p.save_pretrained(out.string());
+  EXPECT_TRUE(fs::exists(out / "preprocessor_config.json"));
+  EXPECT_TRUE(fs::exists(out / "tokenizer_config.json"));
+  EXPECT_TRUE(fs::exists(out / "qformer_tokenizer" / "vocab.txt"));
+  EXPECT_FALSE(fs::exists(out / "config.json"));  // the model's file, not the processor's
+  const auto q = ib::InstructBlipProcessor::from_pretrained(out.string());
+  const ib::Image image = ib::load_image(kData + "/images/merlion.png");
+  const std::vector<std::string> prompts = {"What is unusual about this image? Café naïve 😀",
+                                            "Describe the image in detail."};
+  const std::vector<ib::Image> images{image, image};
+  const ib::ProcessorOutput a = p(images, prompts), b = q(images, prompts);
+  EXPECT_EQ(tensor_rows(a.input_ids), tensor_rows(b.input_ids));
+  EXPECT_EQ(tensor_rows(a.attention_mask), tensor_rows(b.attention_mask));
+  EXPECT_EQ(tensor_rows(a.qformer_input_ids), tensor_rows(b.qformer_input_ids));
+  EXPECT_EQ(tensor_rows(a.qformer_attention_mask), tensor_rows(b.qformer_attention_mask));
+  ASSERT_EQ(a.pixel_values.shape(), b.pixel_values.shape());
+  EXPECT_EQ(std::memcmp(a.pixel_values.raw(), b.pixel_values.raw(), a.pixel_values.nbytes()), 0);
+  EXPECT_EQ(q.tokenizer().size(), p.tokenizer().size());
+  EXPECT_EQ(q.decode(tensor_rows(a.input_ids)[0], false), p.decode(tensor_rows(a.input_ids)[0], false));
+  // Saving into the directory it was loaded from is a no-op, not a self-copy that truncates.
+  q.save_pretrained(out.string());
+  const std::vector<ib::Image> one{image};
+  const std::vector<std::string> first{prompts[0]};
+  EXPECT_EQ(tensor_rows(ib::InstructBlipProcessor::from_pretrained(out.string())(one, first).input_ids),
+            tensor_rows(p(one, first).input_ids));
+}
+
+TEST(Processor, SavePretrainedNeedsALoadedProcessor) {
+  ib::InstructBlipProcessor p(ib::ImageProcessor(), make_fixture_tokenizer("t5_ours"),
+                              make_fixture_tokenizer("bert_ours"));
+  EXPECT_THROW(p.save_pretrained((fs::path(IB_TEST_TMP_DIR) / "processor_unsaved").string()), ib::InvalidArgument);
+}
+
+TEST(Tokenizers, CheckUtf8NamesTheOffendingByte) {
+  struct Case {
+    std::string text;
+    std::size_t offset;
+    const char* byte;
+    bool truncated;
+  };
+  const Case cases[] = {
+      {std::string("caf\xc3"), 3, "0xC3", true},                   // cut off by the end
+      {std::string("ok \xe2\x82"), 3, "0xE2", true},              // 2 of 3 bytes
+      {std::string("ok \xe2\x82 bad"), 3, "0xE2", false},         // a space where a continuation belongs
+      {std::string("/\xc0\xaf"), 1, "0xC0", false},               // overlong "/"
+      {std::string("x\xed\xa0\x80y"), 1, "0xED", false},          // UTF-16 surrogate
+      {std::string("ab\xf4\x90\x80\x80"), 2, "0xF4", false},      // above U+10FFFF
+      {std::string("\xe0\x80\xaf"), 0, "0xE0", false},            // overlong 3-byte form
+      {std::string("\xf0\x9f\x98\x80 \x80"), 5, "0x80", false},  // a lone continuation byte
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(json(std::vector<int>(c.text.begin(), c.text.end())).dump());
+    try {
+      ib::check_utf8(c.text, "the prompt");
+      ADD_FAILURE() << "accepted";
+    } catch (const ib::InvalidArgument& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("in the prompt at byte offset " + std::to_string(c.offset) + " (byte " + c.byte + ")"),
+                std::string::npos)
+          << msg;
+      EXPECT_EQ(msg.find("truncated multi-byte sequence") != std::string::npos, c.truncated) << msg;
+    }
+  }
+  EXPECT_NO_THROW(ib::check_utf8(std::string("a\0b \xf0\x9f\x98\x80 \xc3\xa9 \xef\xbf\xbd", 15)));
+}
+
+TEST(Tokenizers, IdsToTensor) {
+  const ib::Tensor t = ib::ids_to_tensor({{1, 2, 3}, {4, 5, 6}});
+  ASSERT_EQ(t.shape(), (ib::Shape{2, 3}));
+  EXPECT_EQ(t.dtype(), ib::DType::I64);
+  EXPECT_EQ(tensor_rows(t), (std::vector<std::vector<std::int64_t>>{{1, 2, 3}, {4, 5, 6}}));
+  try {
+    ib::ids_to_tensor({{1, 2}, {3}}, "sequences");
+    ADD_FAILURE() << "ragged rows accepted";
+  } catch (const ib::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("sequences"), std::string::npos) << e.what();
   }
 }

@@ -11,6 +11,7 @@
 
 #include "instructblip/generation/logits_process.hpp"
 #include "instructblip/ops/activations.hpp"
+#include "../internal/util.hpp"
 
 namespace instructblip::generation {
 
@@ -118,10 +119,7 @@ std::int64_t add_sat(std::int64_t a, std::int64_t b) {
   return a + b;
 }
 
-std::string over_limit(const std::string& what, std::int64_t value, const char* limit_name, std::int64_t limit) {
-  return what + " (" + std::to_string(value) + ") exceeds the limit of " + std::to_string(limit) +
-         " (GenerationLimits::" + limit_name + ")";
-}
+using instructblip::detail::over_limit;
 
 // The KV caches are sized for at most this many new tokens up front and grow (doubling) beyond,
 // so a large max_new_tokens costs memory only when the tokens are actually generated.

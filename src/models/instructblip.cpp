@@ -1,7 +1,5 @@
 #include "instructblip/models/instructblip.hpp"
 
-#include <sys/stat.h>
-
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -11,6 +9,8 @@
 
 #include "instructblip/models/llama.hpp"
 #include "instructblip/models/t5.hpp"
+#include "instructblip/processing/processor.hpp"
+#include "../internal/util.hpp"
 
 namespace instructblip {
 
@@ -23,25 +23,10 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-bool file_exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-bool same_file(const std::string& a, const std::string& b) {
-  struct stat sa {}, sb {};
-  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
-         sa.st_ino == sb.st_ino;
-}
-
-void copy_file(const std::string& from, const std::string& to) {
-  std::ifstream in(from, std::ios::binary);
-  if (!in) throw IoError(from + ": cannot open");
-  std::ofstream out(to, std::ios::binary | std::ios::trunc);
-  if (!out) throw IoError(to + ": cannot open for writing");
-  out << in.rdbuf();
-  if (!out) throw IoError(to + ": write failed");
-}
+using detail::copy_file;
+using detail::file_exists;
+using detail::same_file;
+using detail::over_limit;
 
 Tensor ones_like_ids(const Tensor& ids) {
   Tensor m = Tensor::empty(ids.shape(), DType::I64);
@@ -113,17 +98,19 @@ class TracingLM final : public models::LanguageModel {
     lm_.select_rows(s, idx);
     (first_done_ ? trace_->timings.decode_ms : trace_->timings.prefill_ms) += ms_since(t);
   }
+  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix) const override {
+    return lm_.named_weights(prefix);
+  }
+  const std::vector<std::string>& bound_tensor_names() const override { return lm_.bound_tensor_names(); }
+  std::vector<std::pair<std::string, std::string>> tied_aliases(const std::string& prefix) const override {
+    return lm_.tied_aliases(prefix);
+  }
 
  private:
   const models::LanguageModel& lm_;
   GenerateTrace* trace_;
   mutable bool first_done_ = false;
 };
-
-std::string over_limit(const std::string& what, std::int64_t value, const char* limit_name, std::int64_t limit) {
-  return what + " (" + std::to_string(value) + ") exceeds the limit of " + std::to_string(limit) +
-         " (GenerationLimits::" + limit_name + ")";
-}
 
 // Every id of `ids` in [0, vocab); otherwise InvalidArgument naming the input and the vocabulary.
 void check_ids(const Tensor& ids, std::int64_t vocab, const char* what, const char* vocab_name) {
@@ -205,19 +192,10 @@ struct InstructBlipForConditionalGeneration::Impl {
     for (const auto& s : models::VisionModel::tensor_specs(config.vision_config, "vision_model.")) add(s.first);
     for (const auto& s : models::QFormer::tensor_specs(config.qformer_config, "qformer.")) add(s.first);
     for (const auto& s : models::QueryProjector::tensor_specs(config, "")) add(s.first);
-    const std::vector<std::string>& lm_names =
-        config.is_t5() ? static_cast<const models::T5Model&>(*lm).bound_tensor_names()
-                       : static_cast<const models::LlamaModel&>(*lm).bound_tensor_names();
-    for (const std::string& n : lm_names) add(n);
+    for (const std::string& n : lm->bound_tensor_names()) add(n);
 
     std::map<std::string, std::string> aliases;  // alias -> the weight it is tied to
-    if (config.is_t5()) {
-      aliases["language_model.encoder.embed_tokens.weight"] = "language_model.shared.weight";
-      aliases["language_model.decoder.embed_tokens.weight"] = "language_model.shared.weight";
-      if (config.t5().tie_word_embeddings) aliases["language_model.lm_head.weight"] = "language_model.shared.weight";
-    } else if (config.llama().tie_word_embeddings) {
-      aliases["language_model.lm_head.weight"] = "language_model.model.embed_tokens.weight";
-    }
+    for (auto& a : lm->tied_aliases("language_model.")) aliases.insert(std::move(a));
     // Non-persistent buffers of transformers 4.36 that older exports saved; transformers drops them.
     static const std::regex llama_buffer(
         R"(language_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.(inv_freq|cos_cached|sin_cached))");
@@ -366,10 +344,7 @@ void InstructBlipForConditionalGeneration::save_pretrained(const std::string& di
   append(m.vision->named_weights("vision_model."));
   append(m.qformer->named_weights("qformer."));
   append(m.projector->named_weights(""));
-  if (m.config.is_t5())
-    append(static_cast<const models::T5Model&>(*m.lm).named_weights("language_model."));
-  else
-    append(static_cast<const models::LlamaModel&>(*m.lm).named_weights("language_model."));
+  append(m.lm->named_weights("language_model."));
   const std::map<std::string, std::string> metadata{{"format", "pt"},
                                                     {kWeightsMetadataKey, ops::weight_format_name(m.weight_format)}};
   io::save_checkpoint(dir, tensors, metadata, max_shard_bytes);
@@ -433,6 +408,14 @@ generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
           if (id == 0) id = 2;
   }
   return out;
+}
+
+generation::GenerateOutput InstructBlipForConditionalGeneration::generate(const ProcessorOutput& inputs,
+                                                                        const GenerationConfig& generation_config,
+                                                                        const generation::GenerateHooks& hooks,
+                                                                        GenerateTrace* trace) const {
+  return generate(inputs.pixel_values, inputs.qformer_input_ids, inputs.qformer_attention_mask, inputs.input_ids,
+                  inputs.attention_mask, generation_config, hooks, trace);
 }
 
 }  // namespace instructblip

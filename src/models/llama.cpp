@@ -13,6 +13,8 @@
 #endif
 
 #include "instructblip/core/thread_pool.hpp"
+#include "instructblip/layers/kv_cache.hpp"
+#include "instructblip/layers/loss.hpp"
 #include "instructblip/ops/ops.hpp"
 
 namespace instructblip::models {
@@ -69,20 +71,20 @@ struct LlamaModel::Impl {
   std::vector<Layer> layers;
   std::vector<std::string> bound;  // names looked up at load, in order
 
-  /// KV caches for `B` rows of capacity `cap` positions: per layer [B, cap, kvdim].
-  struct Cache {
-    std::int64_t cap = 0;
-    std::vector<std::vector<float>> k, v;
-  };
-
   void load(const WeightSource& src, const std::string& prefix);
+  /// Validates cfg and derives the sizes from it (ConfigError for what this implementation lacks).
+  void configure();
+  /// The tensor table: every weight (HF name with `prefix`, shape, slot, role) in binding order,
+  /// and the tied lm_head alias.
+  void visit(const WeightVisitor& v, const std::string& prefix);
   void embed_rows(const std::int64_t* ids, std::int64_t n, float* out) const;
   /// Runs the decoder layers on T new positions of each of the B rows held in `h` ([B*T, H], in
-  /// place). Keys/values are written to `cache` at positions [past, past + T); row b attends to
-  /// cached positions j <= past + i whose key_valid[b * cap + j] is set (else finfo.min is added).
-  /// When `hidden` is given, the input of every layer is appended to it ([B, T, H] each).
+  /// place). Keys/values are appended to `cache` (positions [past, past + T), past =
+  /// cache.length()); row b attends to cached positions j <= past + i whose key_valid[b][j] is set
+  /// (else finfo.min is added). When `hidden` is given, the input of every layer is appended to it
+  /// ([B, T, H] each).
   void run_layers(float* h, std::int64_t B, std::int64_t T, const std::int64_t* positions,
-                  const std::uint8_t* key_valid, Cache& cache, std::int64_t past,
+                  const std::vector<std::vector<std::uint8_t>>& key_valid, layers::KVCache& cache,
                   std::vector<Tensor>* hidden) const;
   void final_norm(const float* h, std::int64_t rows, float* out) const {
     ops::rms_norm<float>(ConstMatrixMap<float>(h, rows, H), norm.data<float>(), eps, MatrixMap<float>(out, rows, H));
@@ -99,25 +101,24 @@ struct LlamaState::Data {
   std::vector<std::uint8_t> prompt_mask; // [B, L]
   std::int64_t max_new = 0;
   // After the prefill.
-  std::int64_t len = 0;
-  LlamaModel::Impl::Cache cache;
-  std::vector<std::uint8_t> mask;       // [B, cache.cap]
-  std::vector<std::int64_t> attended;   // [B] number of mask-1 positions so far
+  layers::KVCache cache;
+  std::vector<std::vector<std::uint8_t>> mask;  // [B][cache.length()]
+  std::vector<std::int64_t> attended;           // [B] number of mask-1 positions so far
 };
 
 LlamaState::LlamaState() : d_(std::make_unique<Data>()) {}
 LlamaState::~LlamaState() = default;
 std::int64_t LlamaState::batch() const { return d_->B; }
 bool LlamaState::prefilled() const { return d_->prefilled; }
-std::int64_t LlamaState::cached_positions() const { return d_->prefilled ? d_->len : 0; }
+std::int64_t LlamaState::cached_positions() const { return d_->prefilled ? d_->cache.length() : 0; }
 Tensor LlamaState::attention_mask() const {
   const std::int64_t B = d_->B;
-  const std::int64_t L = d_->prefilled ? d_->len : d_->L;
+  const std::int64_t L = d_->prefilled ? d_->cache.length() : d_->L;
   Tensor t = Tensor::empty({B, L}, DType::I64);
   std::int64_t* p = t.data<std::int64_t>();
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t j = 0; j < L; ++j)
-      p[b * L + j] = d_->prefilled ? d_->mask[std::size_t(b * d_->cache.cap + j)] : d_->prompt_mask[std::size_t(b * L + j)];
+      p[b * L + j] = d_->prefilled ? d_->mask[std::size_t(b)][std::size_t(j)] : d_->prompt_mask[std::size_t(b * L + j)];
   return t;
 }
 
@@ -125,6 +126,17 @@ Tensor LlamaState::attention_mask() const {
 // Loading
 
 void LlamaModel::Impl::load(const WeightSource& src, const std::string& prefix) {
+  configure();
+  const WeightPolicy& policy = opt.weights;
+  visit(WeightVisitor::recording(WeightVisitor::loader(src, policy), bound), prefix);
+  if (policy.format != ops::WeightFormat::F32) embed = embed.to(DType::BF16);  // exact for bf16 checkpoints
+  if (cfg.tie_word_embeddings) {
+    lm_head.w = ops::WeightMatrix(embed, policy.format_for(MatrixRole::OutputHead));
+    lm_head.compute = policy.compute_for(MatrixRole::OutputHead);
+  }
+}
+
+void LlamaModel::Impl::configure() {
   const std::string where = "LlamaConfig";
   cfg.validate(where);
   if (cfg.rope_scaling)
@@ -146,44 +158,29 @@ void LlamaModel::Impl::load(const WeightSource& src, const std::string& prefix) 
   } catch (const InvalidArgument& e) {
     throw ConfigError(where + ": hidden_act: " + e.what());
   }
-  const WeightPolicy& policy = opt.weights;
-  WeightVisitor v = WeightVisitor::loader(src, policy);
-  auto f32 = [&](const std::string& name, const Shape& shape) {
-    bound.push_back(prefix + name);
-    return src.f32(prefix + name, shape);
-  };
-  auto dense_w = [&](const std::string& name, std::int64_t N, std::int64_t K, bool bias, MatrixRole role) {
-    Linear d;
-    bound.push_back(prefix + name + ".weight");
-    v.matrix(prefix + name + ".weight", {N, K}, d, role);
-    if (bias) d.b = f32(name + ".bias", {N});
-    return d;
-  };
+}
 
-  bound.push_back(prefix + "model.embed_tokens.weight");
-  embed = src.f32(prefix + "model.embed_tokens.weight", {V, H});
-  if (policy.format != ops::WeightFormat::F32) embed = embed.to(DType::BF16);  // exact for bf16 checkpoints
-  norm = f32("model.norm.weight", {H});
-  if (cfg.tie_word_embeddings) {
-    lm_head.w = ops::WeightMatrix(embed, policy.format_for(MatrixRole::OutputHead));
-    lm_head.compute = policy.compute_for(MatrixRole::OutputHead);
-  } else {
-    lm_head = dense_w("lm_head", V, H, false, MatrixRole::OutputHead);
-  }
+void LlamaModel::Impl::visit(const WeightVisitor& v, const std::string& prefix) {
+  v.tensor(prefix + "model.embed_tokens.weight", {V, H}, embed);
+  v.tensor(prefix + "model.norm.weight", {H}, norm);
+  if (cfg.tie_word_embeddings)
+    v.tied(prefix + "lm_head.weight", prefix + "model.embed_tokens.weight");
+  else
+    v.linear(prefix + "lm_head", V, H, false, lm_head, MatrixRole::OutputHead);
   layers.resize(std::size_t(cfg.num_hidden_layers));
   const bool ab = cfg.attention_bias;
   for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string p = prefix + "model.layers." + std::to_string(l) + ".";
     Layer& L = layers[std::size_t(l)];
-    L.input_norm = f32(p + "input_layernorm.weight", {H});
-    L.post_norm = f32(p + "post_attention_layernorm.weight", {H});
-    L.q = dense_w(p + "self_attn.q_proj", nh * hd, H, ab, MatrixRole::Text);
-    L.k = dense_w(p + "self_attn.k_proj", kvdim, H, ab, MatrixRole::Text);
-    L.v = dense_w(p + "self_attn.v_proj", kvdim, H, ab, MatrixRole::Text);
-    L.o = dense_w(p + "self_attn.o_proj", H, nh * hd, ab, MatrixRole::Text);
-    L.gate = dense_w(p + "mlp.gate_proj", I, H, false, MatrixRole::Text);
-    L.up = dense_w(p + "mlp.up_proj", I, H, false, MatrixRole::Text);
-    L.down = dense_w(p + "mlp.down_proj", H, I, false, MatrixRole::Text);
+    v.tensor(p + "input_layernorm.weight", {H}, L.input_norm);
+    v.tensor(p + "post_attention_layernorm.weight", {H}, L.post_norm);
+    v.linear(p + "self_attn.q_proj", nh * hd, H, ab, L.q, MatrixRole::Text);
+    v.linear(p + "self_attn.k_proj", kvdim, H, ab, L.k, MatrixRole::Text);
+    v.linear(p + "self_attn.v_proj", kvdim, H, ab, L.v, MatrixRole::Text);
+    v.linear(p + "self_attn.o_proj", H, nh * hd, ab, L.o, MatrixRole::Text);
+    v.linear(p + "mlp.gate_proj", I, H, false, L.gate, MatrixRole::Text);
+    v.linear(p + "mlp.up_proj", I, H, false, L.up, MatrixRole::Text);
+    v.linear(p + "mlp.down_proj", H, I, false, L.down, MatrixRole::Text);
   }
 }
 
@@ -229,28 +226,24 @@ std::int64_t LlamaModel::vocab_size() const { return impl_->V; }
 std::int64_t LlamaModel::hidden_size() const { return impl_->H; }
 
 std::vector<std::pair<std::string, Tensor>> LlamaModel::named_weights(const std::string& prefix) const {
-  const Impl& m = *impl_;
   std::vector<std::pair<std::string, Tensor>> out;
-  auto linear = [&](const std::string& name, const Linear& l) {
-    for (auto& t : l.w.to_tensors(prefix + name + ".weight")) out.push_back(std::move(t));
-    if (l.b.defined()) out.emplace_back(prefix + name + ".bias", l.b);
-  };
-  out.emplace_back(prefix + "model.embed_tokens.weight", m.embed);
-  out.emplace_back(prefix + "model.norm.weight", m.norm);
-  if (!m.cfg.tie_word_embeddings) linear("lm_head", m.lm_head);
-  for (std::size_t l = 0; l < m.layers.size(); ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    const Layer& L = m.layers[l];
-    out.emplace_back(prefix + p + "input_layernorm.weight", L.input_norm);
-    out.emplace_back(prefix + p + "post_attention_layernorm.weight", L.post_norm);
-    linear(p + "self_attn.q_proj", L.q);
-    linear(p + "self_attn.k_proj", L.k);
-    linear(p + "self_attn.v_proj", L.v);
-    linear(p + "self_attn.o_proj", L.o);
-    linear(p + "mlp.gate_proj", L.gate);
-    linear(p + "mlp.up_proj", L.up);
-    linear(p + "mlp.down_proj", L.down);
-  }
+  const_cast<Impl&>(*impl_).visit(WeightVisitor::saver(out), prefix);  // the saver only reads the slots
+  return out;
+}
+
+std::vector<std::pair<std::string, Shape>> LlamaModel::tensor_specs(const LlamaConfig& config,
+                                                                    const std::string& prefix) {
+  Impl probe;
+  probe.cfg = config;
+  probe.configure();
+  std::vector<std::pair<std::string, Shape>> specs;
+  probe.visit(WeightVisitor::lister(specs), prefix);
+  return specs;
+}
+
+std::vector<std::pair<std::string, std::string>> LlamaModel::tied_aliases(const std::string& prefix) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  const_cast<Impl&>(*impl_).visit(WeightVisitor::alias_lister(out), prefix);  // touches no slot
   return out;
 }
 
@@ -279,11 +272,12 @@ void LlamaModel::Impl::embed_rows(const std::int64_t* ids, std::int64_t n, float
 }
 
 void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, const std::int64_t* positions,
-                                  const std::uint8_t* key_valid, Cache& cache, std::int64_t past,
+                                  const std::vector<std::vector<std::uint8_t>>& key_valid, layers::KVCache& cache,
                                   std::vector<Tensor>* hidden) const {
   const std::int64_t R = B * T;
+  const std::int64_t past = cache.length();
   const std::int64_t Lk = past + T;
-  const std::int64_t cap = cache.cap;
+  cache.reserve(Lk);
   std::vector<float> xn(std::size_t(R * H)), q(std::size_t(R * nh * hd)), k(std::size_t(R * kvdim)),
       v(std::size_t(R * kvdim)), att(std::size_t(R * nh * hd)), tmp(std::size_t(R * H)), g(std::size_t(R * I)),
       u(std::size_t(R * I));
@@ -315,18 +309,15 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
     dense(L.v, xn.data(), R, v.data());
     ops::rope<float>(MatrixMap<float>(q.data(), R, nh * hd), positions, int(nh), int(hd), theta);
     ops::rope<float>(MatrixMap<float>(k.data(), R, kvdim), positions, int(nkv), int(hd), theta);
-    float* kc = cache.k[l].data();
-    float* vc = cache.v[l].data();
-    for (std::int64_t b = 0; b < B; ++b) {
-      std::memcpy(kc + (b * cap + past) * kvdim, k.data() + b * T * kvdim, std::size_t(T * kvdim) * sizeof(float));
-      std::memcpy(vc + (b * cap + past) * kvdim, v.data() + b * T * kvdim, std::size_t(T * kvdim) * sizeof(float));
-    }
+    const std::int64_t li = std::int64_t(l);
+    for (std::int64_t b = 0; b < B; ++b)
+      cache.write(li, b, k.data() + b * T * kvdim, v.data() + b * T * kvdim, T);
     parallel_for(0, B * nchunks, 1, [&](std::int64_t t0, std::int64_t t1) {
       std::vector<float> mask;
       for (std::int64_t t = t0; t < t1; ++t) {
         const std::int64_t b = t / nchunks, i0 = (t % nchunks) * chunk, n = std::min(chunk, T - i0);
         mask.resize(std::size_t(n * Lk));
-        const std::uint8_t* valid = key_valid + b * cap;
+        const std::uint8_t* valid = key_valid[std::size_t(b)].data();
         for (std::int64_t i = 0; i < n; ++i) {
           float* m = mask.data() + i * Lk;
           const std::int64_t last = past + i0 + i;  // the query's own position: keys after it are future
@@ -336,8 +327,8 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
         o.mask = mask.data();
         const std::int64_t r0 = b * T + i0;  // first query row
         ops::attention<float>(ConstMatrixMap<float>(q.data() + r0 * nh * hd, n, nh * hd),
-                              ConstMatrixMap<float>(kc + b * cap * kvdim, Lk, kvdim),
-                              ConstMatrixMap<float>(vc + b * cap * kvdim, Lk, kvdim), o,
+                              ops::In<float>(cache.keys(li, b).topRows(Lk)),
+                              ops::In<float>(cache.values(li, b).topRows(Lk)), o,
                               MatrixMap<float>(att.data() + r0 * nh * hd, n, nh * hd));
       }
     });
@@ -352,6 +343,7 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
     dense(L.down, g.data(), R, tmp.data());
     hm += ConstMatrixMap<float>(tmp.data(), R, H);
   }
+  cache.advance(T);
 }
 
 Tensor LlamaModel::embed(const Tensor& input_ids) const {
@@ -379,11 +371,11 @@ LMOutput LlamaModel::forward(const Tensor& inputs_embeds, const Tensor& attentio
   const Impl& m = *impl_;
   check_embeds(inputs_embeds, m.H, "LlamaModel::forward");
   const std::int64_t B = inputs_embeds.dim(0), L = inputs_embeds.dim(1), H = m.H, V = m.V;
-  std::vector<std::uint8_t> valid(std::size_t(B * L), 1);
+  std::vector<std::vector<std::uint8_t>> valid(std::size_t(B), std::vector<std::uint8_t>(std::size_t(L), 1));
   if (attention_mask.defined()) {
     check_mask(attention_mask, B, L, "LlamaModel::forward");
     const std::int64_t* am = attention_mask.data<std::int64_t>();
-    for (std::int64_t i = 0; i < B * L; ++i) valid[std::size_t(i)] = std::uint8_t(am[i]);
+    for (std::int64_t i = 0; i < B * L; ++i) valid[std::size_t(i / L)][std::size_t(i % L)] = std::uint8_t(am[i]);
   }
   std::int64_t Lout = L;
   if (labels.defined()) {
@@ -403,14 +395,11 @@ LMOutput LlamaModel::forward(const Tensor& inputs_embeds, const Tensor& attentio
   std::vector<std::int64_t> pos(std::size_t(B * L));
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t t = 0; t < L; ++t) pos[std::size_t(b * L + t)] = t;  // forward(): arange(L)
-  Impl::Cache cache;
-  cache.cap = L;
-  cache.k.assign(m.layers.size(), std::vector<float>(std::size_t(B * L * m.kvdim)));
-  cache.v.assign(m.layers.size(), std::vector<float>(std::size_t(B * L * m.kvdim)));
-
   LMOutput out;
-  m.run_layers(h.data(), B, L, pos.data(), valid.data(), cache, 0, output_hidden_states ? &out.hidden_states : nullptr);
-  cache = Impl::Cache();
+  {
+    layers::KVCache cache(std::int64_t(m.layers.size()), B, m.kvdim, L);
+    m.run_layers(h.data(), B, L, pos.data(), valid, cache, output_hidden_states ? &out.hidden_states : nullptr);
+  }
 
   Tensor normed = Tensor::empty({B, L, H});
   m.final_norm(h.data(), B * L, normed.data<float>());
@@ -429,22 +418,8 @@ LMOutput LlamaModel::forward(const Tensor& inputs_embeds, const Tensor& attentio
   out.logits = Tensor::empty({B, Lout, V});
   dense(m.lm_head, lm_in, B * Lout, out.logits.data<float>());
 
-  if (labels.defined()) {
-    // InstructBLIP: logits[:, -L':] shifted by one against labels[:, 1:], CE(ignore_index=-100, mean).
-    const std::int64_t* lp = labels.data<std::int64_t>();
-    std::vector<float> ls(static_cast<std::size_t>(V));
-    double total = 0;
-    std::int64_t count = 0;
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t t = 0; t + 1 < Lout; ++t) {
-        const std::int64_t y = lp[b * Lout + t + 1];
-        if (y == -100) continue;
-        ops::log_softmax_row(out.logits.data<float>() + (b * Lout + t) * V, ls.data(), std::size_t(V));
-        total -= double(ls[std::size_t(y)]);
-        ++count;
-      }
-    out.loss = count ? float(total / double(count)) : std::numeric_limits<float>::quiet_NaN();
-  }
+  // InstructBLIP: logits[:, -L':] shifted by one against labels[:, 1:], CE(ignore_index=-100, mean).
+  if (labels.defined()) out.loss = layers::cross_entropy(out.logits, labels, /*shift_labels=*/true);
   return out;
 }
 
@@ -484,27 +459,23 @@ Tensor LlamaModel::step(LMState& state, const std::vector<std::int64_t>& tokens)
   if (!d.prefilled) {
     // Prefill: generate()'s positions cumsum(mask) - 1, pads -> 1.
     const std::int64_t L = d.L;
-    d.cache.cap = L + std::max<std::int64_t>(1, d.max_new);
-    const std::int64_t cap = d.cache.cap;
-    d.cache.k.assign(nl, std::vector<float>(std::size_t(B * cap * m.kvdim)));
-    d.cache.v.assign(nl, std::vector<float>(std::size_t(B * cap * m.kvdim)));
-    d.mask.assign(std::size_t(B * cap), 0);
+    d.cache = layers::KVCache(std::int64_t(nl), B, m.kvdim, L + std::max<std::int64_t>(1, d.max_new));
+    d.mask.assign(std::size_t(B), std::vector<std::uint8_t>(std::size_t(L), 0));
     d.attended.assign(std::size_t(B), 0);
     std::vector<std::int64_t> pos(std::size_t(B * L));
     for (std::int64_t b = 0; b < B; ++b) {
       std::int64_t c = 0;
       for (std::int64_t t = 0; t < L; ++t) {
         const std::uint8_t mv = d.prompt_mask[std::size_t(b * L + t)];
-        d.mask[std::size_t(b * cap + t)] = mv;
+        d.mask[std::size_t(b)][std::size_t(t)] = mv;
         c += mv;
         pos[std::size_t(b * L + t)] = mv ? c - 1 : 1;
       }
       d.attended[std::size_t(b)] = c;
     }
-    m.run_layers(d.prompt.data(), B, L, pos.data(), d.mask.data(), d.cache, 0, nullptr);
+    m.run_layers(d.prompt.data(), B, L, pos.data(), d.mask, d.cache, nullptr);
     for (std::int64_t b = 0; b < B; ++b)
       std::memcpy(last.data() + b * H, d.prompt.data() + (b * L + L - 1) * H, std::size_t(H) * sizeof(float));
-    d.len = L;
     d.prefilled = true;
     std::vector<float>().swap(d.prompt);
     std::vector<std::uint8_t>().swap(d.prompt_mask);
@@ -513,33 +484,12 @@ Tensor LlamaModel::step(LMState& state, const std::vector<std::int64_t>& tokens)
       throw InvalidArgument("LlamaModel::step: " + std::to_string(tokens.size()) + " tokens for a state of " +
                             std::to_string(B) + " rows");
     m.embed_rows(tokens.data(), B, last.data());
-    if (d.len + 1 > d.cache.cap) {  // grow the caches (amortised doubling)
-      const std::int64_t oc = d.cache.cap, nc = std::max(d.len + 1, 2 * oc);
-      auto regrow = [&](std::vector<float>& buf) {
-        std::vector<float> nb(std::size_t(B * nc * m.kvdim));
-        for (std::int64_t b = 0; b < B; ++b)
-          std::memcpy(nb.data() + b * nc * m.kvdim, buf.data() + b * oc * m.kvdim,
-                      std::size_t(d.len * m.kvdim) * sizeof(float));
-        buf.swap(nb);
-      };
-      for (std::size_t l = 0; l < nl; ++l) {
-        regrow(d.cache.k[l]);
-        regrow(d.cache.v[l]);
-      }
-      std::vector<std::uint8_t> nm(std::size_t(B * nc), 0);
-      for (std::int64_t b = 0; b < B; ++b)
-        std::memcpy(nm.data() + b * nc, d.mask.data() + b * oc, std::size_t(d.len));
-      d.mask.swap(nm);
-      d.cache.cap = nc;
-    }
-    const std::int64_t cap = d.cache.cap;
     std::vector<std::int64_t> pos(static_cast<std::size_t>(B));
     for (std::int64_t b = 0; b < B; ++b) {
-      d.mask[std::size_t(b * cap + d.len)] = 1;
+      d.mask[std::size_t(b)].push_back(1);
       pos[std::size_t(b)] = d.attended[std::size_t(b)]++;  // cumsum(mask)[-1] - 1
     }
-    m.run_layers(last.data(), B, 1, pos.data(), d.mask.data(), d.cache, d.len, nullptr);
-    d.len += 1;
+    m.run_layers(last.data(), B, 1, pos.data(), d.mask, d.cache, nullptr);  // the cache grows as needed
   }
   std::vector<float> normed(std::size_t(B * H));
   m.final_norm(last.data(), B, normed.data());
@@ -575,10 +525,8 @@ void LlamaModel::select_rows(LMState& state, const std::vector<std::int64_t>& in
     gather(d.prompt, d.L * m.H, d.L * m.H);
     gather(d.prompt_mask, d.L, d.L);
   } else {
-    const std::int64_t cap = d.cache.cap;
-    for (auto& k : d.cache.k) gather(k, cap * m.kvdim, d.len * m.kvdim);
-    for (auto& v : d.cache.v) gather(v, cap * m.kvdim, d.len * m.kvdim);
-    gather(d.mask, cap, d.len);
+    d.cache.select_rows(index);
+    gather(d.mask, 1, 1);
     gather(d.attended, 1, 1);
   }
   d.B = NB;

@@ -5,6 +5,7 @@
 
 #include "instructblip/core/thread_pool.hpp"
 #include "instructblip/ops/ops.hpp"
+#include "../internal/util.hpp"
 #include "row_ops.hpp"
 
 namespace instructblip::models {
@@ -14,12 +15,9 @@ namespace {
 using ops::In;
 using ops::Out;
 using detail::layer_norm_rows;
-using detail::to_tensor;
+using instructblip::detail::to_tensor;
 
-
-std::string describe(const Tensor& t) {
-  return t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()) : std::string("undefined");
-}
+using instructblip::detail::describe;
 
 }  // namespace
 

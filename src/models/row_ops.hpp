@@ -28,10 +28,4 @@ inline void activate_rows(ops::Activation act, MatrixF& m) {
   });
 }
 
-inline Tensor to_tensor(const In<float>& m, const Shape& shape) {
-  Tensor t = Tensor::empty(shape);
-  t.matrix<float>(m.rows(), m.cols()) = m;
-  return t;
-}
-
 }  // namespace instructblip::models::detail

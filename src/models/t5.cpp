@@ -7,23 +7,20 @@
 #include <utility>
 
 #include "instructblip/core/thread_pool.hpp"
+#include "instructblip/layers/loss.hpp"
 #include "instructblip/ops/ops.hpp"
+#include "../internal/util.hpp"
 
 namespace instructblip::models {
 
-using t5_detail::CacheRow;
 using t5_detail::EncoderRow;
 
 namespace {
 
 ConstMatrixMap<float> W(const Tensor& t) { return t.matrix<float>(); }
 
-Tensor to_tensor(const MatrixF& m, const Shape& shape) {
-  Tensor t = Tensor::empty(shape, DType::F32);
-  if (t.numel() != m.size()) throw TensorError("T5: internal shape mismatch for " + shape_str(shape));
-  std::copy(m.data(), m.data() + m.size(), t.data<float>());
-  return t;
-}
+using instructblip::detail::describe;
+using instructblip::detail::to_tensor;
 
 // HF's extended / inverted attention mask: (1.0 - mask) * torch.finfo(float32).min, in float32.
 std::vector<float> additive_mask(const Tensor& mask) {
@@ -32,10 +29,6 @@ std::vector<float> additive_mask(const Tensor& mask) {
   for (std::size_t i = 0; i < out.size(); ++i)
     out[i] = (1.0f - float(m[i])) * std::numeric_limits<float>::lowest();
   return out;
-}
-
-std::string describe(const Tensor& t) {
-  return t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()) : std::string("undefined");
 }
 
 }  // namespace
@@ -99,19 +92,15 @@ std::vector<std::pair<std::string, Tensor>> T5Model::named_weights(const std::st
   return out;
 }
 
+std::vector<std::pair<std::string, std::string>> T5Model::tied_aliases(const std::string& prefix) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  const_cast<T5Model*>(this)->visit(WeightVisitor::alias_lister(out), prefix);  // touches no slot
+  return out;
+}
+
 void T5Model::load(const WeightSource& source, const std::string& prefix) {
   check_config();
-  WeightVisitor v = WeightVisitor::loader(source, policy_);
-  WeightVisitor recorded;
-  recorded.tensor = [&](const std::string& n, const Shape& s, Tensor& slot) {
-    bound_.push_back(n);
-    v.tensor(n, s, slot);
-  };
-  recorded.matrix = [&](const std::string& n, const Shape& s, Linear& slot, MatrixRole role) {
-    bound_.push_back(n);
-    v.matrix(n, s, slot, role);
-  };
-  visit(recorded, prefix);
+  visit(WeightVisitor::recording(WeightVisitor::loader(source, policy_), bound_), prefix);
   if (config_.tie_word_embeddings) {
     // Tied: lm_head is shared.weight (scaled inputs, see lm_logits), kept in the head's format.
     lm_head_.w = ops::WeightMatrix(shared_, policy_.format_for(MatrixRole::OutputHead));
@@ -135,8 +124,14 @@ void T5Model::check_config() {
 void T5Model::visit(const WeightVisitor& v, const std::string& prefix) {
   const std::int64_t V = config_.vocab_size, D = config_.d_model;
   v.tensor(prefix + "shared.weight", {V, D}, shared_);
-  // Tied: embed_tokens and lm_head alias shared.weight and are not stored in checkpoints.
-  if (!config_.tie_word_embeddings) v.linear(prefix + "lm_head", V, D, false, lm_head_, MatrixRole::OutputHead);
+  // embed_tokens (and lm_head when tied) alias shared.weight; checkpoints may hold them, the model
+  // never binds them.
+  v.tied(prefix + "encoder.embed_tokens.weight", prefix + "shared.weight");
+  v.tied(prefix + "decoder.embed_tokens.weight", prefix + "shared.weight");
+  if (config_.tie_word_embeddings)
+    v.tied(prefix + "lm_head.weight", prefix + "shared.weight");
+  else
+    v.linear(prefix + "lm_head", V, D, false, lm_head_, MatrixRole::OutputHead);
   visit_stack(v, prefix, "encoder", config_.num_layers, false, encoder_);
   visit_stack(v, prefix, "decoder", config_.num_decoder_layers, true, decoder_);
 }
@@ -374,30 +369,16 @@ std::unique_ptr<T5State> T5Model::make_state(const MatrixF& enc, std::int64_t B,
   }
   auto st = std::make_unique<T5State>();
   st->enc_.assign(rows.begin(), rows.end());
-  capacity = std::max<std::int64_t>(capacity, 1);
-  st->cache_.resize(std::size_t(B));
-  for (CacheRow& c : st->cache_) {
-    c.k.assign(nl, MatrixF(capacity, I));
-    c.v.assign(nl, MatrixF(capacity, I));
-  }
-  st->capacity_ = capacity;
-  st->length_ = 0;
+  st->cache_ = layers::KVCache(std::int64_t(nl), B, I, capacity);
   return st;
 }
 
 void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<MatrixF>* hidden) const {
   const std::int64_t B = st.batch(), D = config_.d_model, I = config_.inner_dim();
   const int H = int(config_.num_heads), Dk = int(config_.d_kv);
-  const std::int64_t P = st.length_, Lk = P + T;
+  const std::int64_t P = st.cache_.length(), Lk = P + T;
   if (x.rows() != B * T) throw InvalidArgument("T5 decoder: input rows do not match batch x tokens");
-  if (Lk > st.capacity_) {
-    const std::int64_t cap = std::max(Lk, 2 * st.capacity_);
-    for (CacheRow& c : st.cache_) {
-      for (MatrixF& m : c.k) m.conservativeResize(cap, I);
-      for (MatrixF& m : c.v) m.conservativeResize(cap, I);
-    }
-    st.capacity_ = cap;
-  }
+  st.cache_.reserve(Lk);
   MatrixF n(B * T, D), q(B * T, I), k(B * T, I), v(B * T, I), a(B * T, I), o(B * T, D);
   for (std::size_t l = 0; l < decoder_.blocks.size(); ++l) {
     const Block& blk = decoder_.blocks[l];
@@ -407,15 +388,12 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
     blk.self_attn.q(n, q);
     blk.self_attn.k(n, k);
     blk.self_attn.v(n, v);
-    for (std::int64_t b = 0; b < B; ++b) {
-      CacheRow& c = st.cache_[std::size_t(b)];
-      c.k[l].middleRows(P, T) = k.middleRows(b * T, T);
-      c.v[l].middleRows(P, T) = v.middleRows(b * T, T);
-    }
+    const std::int64_t li = std::int64_t(l);
+    for (std::int64_t b = 0; b < B; ++b) st.cache_.write(li, b, k.data() + b * T * I, v.data() + b * T * I, T);
     biased_self_attention(
         decoder_, /*bidirectional=*/false, /*causal=*/true, P, B, T, Lk, q,
-        [&](std::int64_t b) { return ops::In<float>(st.cache_[std::size_t(b)].k[l].topRows(Lk)); },
-        [&](std::int64_t b) { return ops::In<float>(st.cache_[std::size_t(b)].v[l].topRows(Lk)); }, nullptr, a);
+        [&](std::int64_t b) { return ops::In<float>(st.cache_.keys(li, b).topRows(Lk)); },
+        [&](std::int64_t b) { return ops::In<float>(st.cache_.values(li, b).topRows(Lk)); }, nullptr, a);
     blk.self_attn.o(a, o);
     x += o;
     // cross-attention to the encoder output (no position bias; padding mask only)
@@ -439,7 +417,7 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
   }
   rms_norm(x, decoder_.final_norm, x);
   if (hidden) hidden->push_back(x);
-  st.length_ = Lk;
+  st.cache_.advance(T);
 }
 
 // ---- LanguageModel -------------------------------------------------------------------------
@@ -499,8 +477,15 @@ LMOutput T5Model::forward(const Tensor& inputs_embeds, const Tensor& attention_m
     throw InvalidArgument("T5 forward: decoder_input_ids must be I64 [" + std::to_string(B) + ", T>=1], got " +
                           describe(dec_ids));
   const std::int64_t T = dec_ids.dim(1);
-  if (labels.defined() && (labels.dtype() != DType::I64 || labels.shape() != Shape{B, T}))
-    throw InvalidArgument("T5 forward: labels must be I64 " + shape_str({B, T}) + ", got " + describe(labels));
+  if (labels.defined()) {
+    if (labels.dtype() != DType::I64 || labels.shape() != Shape{B, T})
+      throw InvalidArgument("T5 forward: labels must be I64 " + shape_str({B, T}) + ", got " + describe(labels));
+    const std::int64_t* lab = labels.data<std::int64_t>();
+    for (std::int64_t i = 0; i < labels.numel(); ++i)
+      if (lab[i] != layers::kIgnoreIndex && (lab[i] < 0 || lab[i] >= V))
+        throw InvalidArgument("T5 forward: label " + std::to_string(lab[i]) + " is outside the vocabulary of " +
+                              std::to_string(V));
+  }
 
   LMOutput out;
   std::vector<float> key_masks = additive_mask(attention_mask);
@@ -518,26 +503,8 @@ LMOutput T5Model::forward(const Tensor& inputs_embeds, const Tensor& attention_m
   float* logits = out.logits.data<float>();
   lm_logits(x, logits);
 
-  if (labels.defined()) {
-    // CrossEntropyLoss(ignore_index=-100), mean over the non-ignored positions.
-    const std::int64_t* lab = labels.data<std::int64_t>();
-    double sum = 0.0;
-    std::int64_t count = 0;
-    for (std::int64_t r = 0; r < B * T; ++r) {
-      const std::int64_t y = lab[r];
-      if (y == -100) continue;
-      if (y < 0 || y >= V)
-        throw InvalidArgument("T5 forward: label " + std::to_string(y) + " is outside the vocabulary of " +
-                              std::to_string(V));
-      const float* row = logits + r * V;
-      const float mx = *std::max_element(row, row + V);
-      double z = 0.0;
-      for (std::int64_t j = 0; j < V; ++j) z += std::exp(double(row[j]) - double(mx));
-      sum += double(mx) + std::log(z) - double(row[y]);
-      ++count;
-    }
-    out.loss = count > 0 ? float(sum / double(count)) : std::numeric_limits<float>::quiet_NaN();
-  }
+  // CrossEntropyLoss(ignore_index=-100), mean over the non-ignored positions.
+  if (labels.defined()) out.loss = layers::cross_entropy(out.logits, labels);
   out.encoder_last_hidden_state = to_tensor(enc, {B, L, D});
   for (const MatrixF& h : dec_hidden) out.hidden_states.push_back(to_tensor(h, {B, T, D}));
   for (const MatrixF& h : enc_hidden) out.encoder_hidden_states.push_back(to_tensor(h, {B, L, D}));
@@ -578,24 +545,14 @@ void T5Model::select_rows(LMState& state, const std::vector<std::int64_t>& index
   if (!st) throw InvalidArgument("T5 select_rows: the state was not created by T5Model::start");
   const std::int64_t B = st->batch();
   if (index.empty()) throw InvalidArgument("T5 select_rows: empty index");
-  std::vector<int> uses(std::size_t(B), 0);
-  for (std::int64_t i : index) {
+  for (std::int64_t i : index)
     if (i < 0 || i >= B)
       throw InvalidArgument("T5 select_rows: row " + std::to_string(i) + " outside [0, " + std::to_string(B) + ")");
-    ++uses[std::size_t(i)];
-  }
   std::vector<std::shared_ptr<const EncoderRow>> enc(index.size());
-  std::vector<CacheRow> cache(index.size());
-  for (std::size_t i = 0; i < index.size(); ++i) {
-    const std::size_t src = std::size_t(index[i]);
-    enc[i] = st->enc_[src];  // immutable: shared between the rows that come from one prompt row
-    if (--uses[src] == 0)
-      cache[i] = std::move(st->cache_[src]);  // last use of this row: no copy
-    else
-      cache[i] = st->cache_[src];
-  }
+  // immutable: shared between the rows that come from one prompt row
+  for (std::size_t i = 0; i < index.size(); ++i) enc[i] = st->enc_[std::size_t(index[i])];
+  st->cache_.select_rows(index);
   st->enc_ = std::move(enc);
-  st->cache_ = std::move(cache);
 }
 
 }  // namespace instructblip::models

@@ -6,6 +6,7 @@
 
 #include "instructblip/core/thread_pool.hpp"
 #include "instructblip/ops/ops.hpp"
+#include "../internal/util.hpp"
 #include "row_ops.hpp"
 
 namespace instructblip::models {
@@ -15,7 +16,7 @@ namespace {
 using ops::In;
 using ops::Out;
 using detail::layer_norm_rows;
-using detail::to_tensor;
+using instructblip::detail::to_tensor;
 
 
 }  // namespace

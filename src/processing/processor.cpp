@@ -1,17 +1,17 @@
 #include "instructblip/processing/processor.hpp"
 
-#include <sys/stat.h>
-
 #include <algorithm>
+#include <filesystem>
+
+#include "../internal/util.hpp"
 
 namespace instructblip {
 
 namespace {
 
-bool file_exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
+using detail::copy_file;
+using detail::file_exists;
+using detail::same_file;
 
 // Number of ids the tokenizer can produce: len(tokenizer), and at least 1 + the highest id.
 std::int64_t id_space(const Tokenizer& t) {
@@ -44,7 +44,28 @@ InstructBlipProcessor InstructBlipProcessor::from_pretrained(const std::string& 
                           Tokenizer::from_pretrained(dir + "/qformer_tokenizer"));
   const std::string config_path = dir + "/config.json";
   if (file_exists(config_path)) p.check_vocabulary(InstructBlipConfig::from_json_file(config_path), config_path);
+  p.source_dir_ = dir;
   return p;
+}
+
+void InstructBlipProcessor::save_pretrained(const std::string& dir) const {
+  if (source_dir_.empty())
+    throw InvalidArgument("InstructBlipProcessor::save_pretrained: the processor was built from its parts, not "
+                          "loaded by from_pretrained(), so it has no tokenizer files to save");
+  // Every file from_pretrained() reads (and tokenizer.json, which transformers writes beside them).
+  static const char* const kFiles[] = {"preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                                       "added_tokens.json",        "tokenizer.json",        "spiece.model",
+                                       "tokenizer.model",          "vocab.txt"};
+  for (const std::string sub : {"", "/qformer_tokenizer"}) {
+    const std::string from_dir = source_dir_ + sub, to_dir = dir + sub;
+    std::error_code ec;
+    std::filesystem::create_directories(to_dir, ec);
+    if (ec) throw IoError(to_dir + ": cannot create the directory: " + ec.message());
+    for (const char* name : kFiles) {
+      const std::string from = from_dir + "/" + name, to = to_dir + "/" + name;
+      if (file_exists(from) && !same_file(from, to)) copy_file(from, to);
+    }
+  }
 }
 
 void InstructBlipProcessor::check_vocabulary(const InstructBlipConfig& config, const std::string& source) const {

@@ -7,6 +7,7 @@
 
 #include "instructblip/core/error.hpp"
 #include "instructblip/processing/tokenizer.hpp"
+#include "../internal/text.hpp"
 
 namespace instructblip {
 

@@ -9,6 +9,7 @@
 
 #include "instructblip/core/error.hpp"
 #include "instructblip/processing/tokenizer.hpp"
+#include "../internal/text.hpp"
 
 namespace instructblip {
 
@@ -16,45 +17,45 @@ namespace instructblip {
 // UTF-8 and Python str helpers
 // ---------------------------------------------------------------------------------------------
 
-void check_utf8(std::string_view text, const char* what) {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const std::size_t n = text.size();
+namespace text {
+
+std::size_t next_code_point(std::string_view s, std::size_t i, char32_t* cp) {
+  if (i >= s.size()) return 0;
+  utf8proc_int32_t c = 0;
+  // utf8proc_iterate rejects truncated and overlong forms, surrogates and values above U+10FFFF.
+  const utf8proc_ssize_t k = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data()) + i,
+                                              utf8proc_ssize_t(s.size() - i), &c);
+  if (k <= 0) return 0;
+  *cp = char32_t(c);
+  return std::size_t(k);
+}
+
+std::size_t valid_utf8_prefix(std::string_view s) {
   std::size_t i = 0;
-  while (i < n) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;  // no UTF-16 surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-    }
-    bool ok = len != 0 && i + len <= n;
-    if (ok) {
-      if (s[i + 1] < lo || s[i + 1] > hi) ok = false;
-      for (std::size_t k = 2; ok && k < len; ++k)
-        if (s[i + k] < 0x80 || s[i + k] > 0xBF) ok = false;
-    }
-    if (!ok) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "0x%02X", unsigned(c));
-      std::ostringstream msg;
-      msg << "invalid UTF-8 in " << what << " at byte offset " << i << " (byte " << hex << ")";
-      if (len != 0 && i + len > n) msg << ": truncated multi-byte sequence";
-      throw InvalidArgument(msg.str());
-    }
-    i += len;
+  char32_t cp;
+  while (i < s.size()) {
+    const std::size_t k = next_code_point(s, i, &cp);
+    if (k == 0) break;
+    i += k;
   }
+  return i;
+}
+
+}  // namespace text
+
+void check_utf8(std::string_view text, const char* what) {
+  const std::size_t i = text::valid_utf8_prefix(text);
+  if (i == text.size()) return;
+  const auto c = static_cast<unsigned char>(text[i]);
+  // A lead byte whose sequence the end of the text cuts off.
+  const std::size_t len = c >= 0xC2 && c <= 0xF4 ? std::size_t(utf8proc_utf8class[c]) : 0;
+  const bool truncated = len != 0 && i + len > text.size();
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", unsigned(c));
+  std::ostringstream msg;
+  msg << "invalid UTF-8 in " << what << " at byte offset " << i << " (byte " << hex << ")";
+  if (truncated) msg << ": truncated multi-byte sequence";
+  throw InvalidArgument(msg.str());
 }
 
 namespace text {
@@ -62,36 +63,21 @@ namespace text {
 std::u32string decode_utf8(std::string_view s) {
   std::u32string out;
   out.reserve(s.size());
-  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
-  utf8proc_ssize_t left = utf8proc_ssize_t(s.size());
-  while (left > 0) {
-    utf8proc_int32_t cp = 0;
-    utf8proc_ssize_t k = utf8proc_iterate(p, left, &cp);
-    if (k <= 0) throw InvalidArgument("invalid UTF-8 in text at byte offset " +
-                                      std::to_string(s.size() - std::size_t(left)));
-    out.push_back(char32_t(cp));
-    p += k;
-    left -= k;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    char32_t cp = 0;
+    const std::size_t k = next_code_point(s, i, &cp);
+    if (k == 0) throw InvalidArgument("invalid UTF-8 in text at byte offset " + std::to_string(i));
+    out.push_back(cp);
+    i += k;
   }
   return out;
 }
 
 void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(char(cp));
-  } else if (cp < 0x800) {
-    out.push_back(char(0xC0 | (cp >> 6)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(char(0xE0 | (cp >> 12)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(char(0xF0 | (cp >> 18)));
-    out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  }
+  utf8proc_uint8_t buf[4];
+  const utf8proc_ssize_t n = utf8proc_encode_char(utf8proc_int32_t(cp), buf);
+  out.append(reinterpret_cast<const char*>(buf), std::size_t(n));
 }
 
 std::string encode_utf8(const std::u32string& s) {
@@ -109,15 +95,13 @@ bool is_python_space(char32_t cp) {
 }
 
 namespace {
-// Decodes the code point starting at s[i] (valid UTF-8), returning its byte length.
+// Decodes the code point starting at s[i] (valid UTF-8: checked where the text came in), returning
+// its byte length (an invalid byte counts as one character U+FFFD, so loops always advance).
 std::size_t next_cp(std::string_view s, std::size_t i, char32_t* cp) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) { *cp = c; return 1; }
-  std::size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-  char32_t v = c & (0x7F >> len);
-  for (std::size_t k = 1; k < len && i + k < s.size(); ++k) v = (v << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-  *cp = v;
-  return len;
+  const std::size_t k = next_code_point(s, i, cp);
+  if (k != 0) return k;
+  *cp = 0xFFFD;
+  return 1;
 }
 // Start of the code point that ends at byte `end` (exclusive).
 std::size_t prev_cp_start(std::string_view s, std::size_t end) {
@@ -276,23 +260,29 @@ bool BatchEncoding::is_rectangular() const {
   return true;
 }
 
-namespace {
-Tensor rows_to_tensor(const std::vector<std::vector<std::int64_t>>& rows, const char* what) {
+Tensor ids_to_tensor(const std::vector<std::vector<std::int64_t>>& rows, const std::string& what) {
   std::size_t cols = rows.empty() ? 0 : rows.front().size();
   std::vector<std::int64_t> flat;
   flat.reserve(rows.size() * cols);
   for (const auto& r : rows) {
-    if (r.size() != cols)
-      throw InvalidArgument(std::string("BatchEncoding: rows of ") + what +
-                            " differ in length; encode with padding=true to get a tensor");
+    if (r.size() != cols) throw InvalidArgument("rows of " + what + " differ in length");
     flat.insert(flat.end(), r.begin(), r.end());
   }
   return Tensor::from_vector({std::int64_t(rows.size()), std::int64_t(cols)}, flat);
 }
+
+namespace {
+Tensor encoding_tensor(const std::vector<std::vector<std::int64_t>>& rows, const char* what) {
+  try {
+    return ids_to_tensor(rows, what);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("BatchEncoding: ") + e.what() + "; encode with padding=true to get a tensor");
+  }
+}
 }  // namespace
 
-Tensor BatchEncoding::input_ids_tensor() const { return rows_to_tensor(input_ids, "input_ids"); }
-Tensor BatchEncoding::attention_mask_tensor() const { return rows_to_tensor(attention_mask, "attention_mask"); }
+Tensor BatchEncoding::input_ids_tensor() const { return encoding_tensor(input_ids, "input_ids"); }
+Tensor BatchEncoding::attention_mask_tensor() const { return encoding_tensor(attention_mask, "attention_mask"); }
 
 // ---------------------------------------------------------------------------------------------
 // Tokenizer
@@ -486,14 +476,11 @@ std::string Tokenizer::lowercase_outside_special(std::string_view s) const {
       }
     }
     if (kept) continue;
-    const auto c = static_cast<unsigned char>(s[i]);
-    std::size_t len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
     char32_t cp = 0;
-    if (len == 1) {
-      cp = c;
-    } else {
-      cp = c & (0x7F >> len);
-      for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    std::size_t len = text::next_code_point(s, i, &cp);
+    if (len == 0) {  // checked on input; kept byte for byte should it ever happen
+      out.push_back(s[i++]);
+      continue;
     }
     if (cp == '\n') out.push_back('\n');  // "." does not match a newline; it stays as it is
     else text::append_lower(out, cp);

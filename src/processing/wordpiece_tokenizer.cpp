@@ -10,6 +10,7 @@
 
 #include "instructblip/core/error.hpp"
 #include "instructblip/processing/tokenizer.hpp"
+#include "../internal/text.hpp"
 
 namespace instructblip {
 
@@ -236,8 +237,12 @@ std::vector<std::string> BertTokenizer::wordpiece_tokenize(std::string_view inpu
   for (const std::string& token : text::split_whitespace(input)) {
     // Byte offsets of the code points.
     std::vector<std::size_t> offs;
-    for (std::size_t i = 0; i < token.size(); ++i)
-      if ((static_cast<unsigned char>(token[i]) & 0xC0) != 0x80) offs.push_back(i);
+    for (std::size_t i = 0; i < token.size();) {
+      offs.push_back(i);
+      char32_t cp;
+      const std::size_t k = text::next_code_point(token, i, &cp);
+      i += k ? k : 1;  // the text was checked on input; never stall
+    }
     const std::size_t n = offs.size();
     offs.push_back(token.size());
     if (n > max_input_chars_per_word_) {

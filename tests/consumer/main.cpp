@@ -26,6 +26,23 @@ int main(int argc, char** argv) {
     auto cfg = InstructBlipConfig::from_json_file(std::string(argv[1]) + "/t5-tiny/model/config.json");
     std::printf("version %s, %zu tensors, %lld query tokens\n", INSTRUCTBLIP_VERSION_STRING, ckpt.size(),
                 static_cast<long long>(cfg.num_query_tokens));
+    // The user-facing path: processor -> generate(ProcessorOutput) -> streamed text.
+    const std::string dir = std::string(argv[1]) + "/t5-tiny/model";
+    auto processor = InstructBlipProcessor::from_pretrained(dir);
+    auto model = InstructBlipForConditionalGeneration::from_pretrained(dir);
+    auto inputs = processor(load_image(std::string(argv[1]) + "/images/merlion.png"), "What is this?");
+    GenerationConfig gen = model.generation_config();
+    gen.max_new_tokens = 4;
+    std::string streamed;
+    TextStreamer streamer(processor.tokenizer(), [&](std::string_view piece) { streamed += piece; });
+    generation::GenerateHooks hooks;
+    hooks.on_tokens = [&](const std::vector<std::int64_t>& next) { streamer.put(next[0]); };
+    auto out = model.generate(inputs, gen, hooks);
+    streamer.end();
+    if (out.sequences.size() != 1) return 2;
+    const std::string text = processor.batch_decode(out.sequences, /*skip_special_tokens=*/true)[0];
+    if (streamed != text) return 3;
+    std::printf("generated %zu ids: \"%s\"\n", out.sequences[0].size(), text.c_str());
   }
   return 0;
 }

@@ -17,6 +17,8 @@
 
 namespace instructblip {
 
+struct ProcessorOutput;  // instructblip/processing/processor.hpp
+
 /// Wall-clock milliseconds of each stage of one call.
 struct StageTimings {
   double vision_ms = 0;
@@ -100,7 +102,7 @@ class InstructBlipForConditionalGeneration {
   /// Matrices kept as q8_0 / q4_0 are written quantised ("<name>.q8_0" + "<name>.q8_0_scale" +
   /// "<name>.shape"; see ops::WeightMatrix), bf16 ones as BF16 and the rest as F32; the metadata
   /// records the weight format. The tokenizer / preprocessor files are not part of the model;
-  /// copy them alongside (the instructblip-quantize tool does). The directory is created if
+  /// InstructBlipProcessor::save_pretrained writes them (the instructblip-quantize tool does both). The directory is created if
   /// needed; existing weight files in it are replaced. IoError when it cannot be written.
   void save_pretrained(const std::string& dir, std::size_t max_shard_bytes = std::size_t(5) << 30) const;
 
@@ -137,6 +139,12 @@ class InstructBlipForConditionalGeneration {
   generation::GenerateOutput generate(const Tensor& pixel_values, const Tensor& qformer_input_ids,
                                       const Tensor& qformer_attention_mask, const Tensor& input_ids,
                                       const Tensor& attention_mask, const GenerationConfig& generation_config,
+                                      const generation::GenerateHooks& hooks = {},
+                                      GenerateTrace* trace = nullptr) const;
+  /// The same from what InstructBlipProcessor returns (pixel_values, qformer_input_ids /
+  /// qformer_attention_mask, input_ids / attention_mask; undefined ones as above):
+  ///   auto out = model.generate(processor(image, prompt), model.generation_config());
+  generation::GenerateOutput generate(const ProcessorOutput& inputs, const GenerationConfig& generation_config,
                                       const generation::GenerateHooks& hooks = {},
                                       GenerateTrace* trace = nullptr) const;
 

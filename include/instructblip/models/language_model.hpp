@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "instructblip/core/tensor.hpp"
@@ -71,6 +73,29 @@ class LanguageModel {
   /// Replaces the state's rows by rows[index[i]] (beam reordering, and expansion when
   /// index.size() differs from batch(): e.g. {0,0,1,1} repeats each row twice).
   virtual void select_rows(LMState& state, const std::vector<std::int64_t>& index) const = 0;
+
+  // ---- weights (from the model's tensor table; see layers::WeightVisitor) ----------------------
+  // Defaults for language models that hold no checkpoint weights (test doubles, wrappers): none.
+
+  /// The tensors that store the bound weights under their HF names (with `prefix`), as
+  /// save_pretrained() writes them (quantised matrices as their stored parts).
+  virtual std::vector<std::pair<std::string, Tensor>> named_weights(
+      const std::string& prefix = "language_model.") const {
+    (void)prefix;
+    return {};
+  }
+  /// The names the model bound at load (with the prefix it was loaded with), in binding order.
+  virtual const std::vector<std::string>& bound_tensor_names() const {
+    static const std::vector<std::string> none;
+    return none;
+  }
+  /// (alias, target) pairs: names transformers ties to a bound weight (with `prefix`); checkpoints
+  /// may hold them, the model never binds them.
+  virtual std::vector<std::pair<std::string, std::string>> tied_aliases(
+      const std::string& prefix = "language_model.") const {
+    (void)prefix;
+    return {};
+  }
 };
 
 }  // namespace instructblip::models

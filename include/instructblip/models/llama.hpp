@@ -59,10 +59,18 @@ class LlamaModel : public LanguageModel {
   const LlamaConfig& config() const;
   const LlamaOptions& options() const;
   /// The tensors that store the bound weights under their HF names (with `prefix`).
-  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "language_model.") const;
+  std::vector<std::pair<std::string, Tensor>> named_weights(
+      const std::string& prefix = "language_model.") const override;
   /// The checkpoint / weight-map names the constructor looked up (with the prefix), in binding
   /// order. A tied model does not bind lm_head.weight.
-  const std::vector<std::string>& bound_tensor_names() const;
+  const std::vector<std::string>& bound_tensor_names() const override;
+  /// The HF name (with `prefix`) and shape of every tensor the constructor binds for `config`, in
+  /// binding order (ConfigError for an invalid or unsupported config).
+  static std::vector<std::pair<std::string, Shape>> tensor_specs(const LlamaConfig& config,
+                                                                 const std::string& prefix = "language_model.");
+  /// lm_head.weight -> model.embed_tokens.weight when tie_word_embeddings; else none.
+  std::vector<std::pair<std::string, std::string>> tied_aliases(
+      const std::string& prefix = "language_model.") const override;
   /// Bytes of the weight matrices one decode step streams (every layer's projections plus lm_head).
   std::size_t decode_weight_bytes() const;
   /// Bytes of the lm_head matrix alone.

@@ -31,6 +31,7 @@
 #include "instructblip/config.hpp"
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/io/checkpoint.hpp"
+#include "instructblip/layers/kv_cache.hpp"
 #include "instructblip/models/language_model.hpp"
 #include "instructblip/models/weight_source.hpp"
 #include "instructblip/ops/activations.hpp"
@@ -50,20 +51,15 @@ struct EncoderRow {
   std::vector<MatrixF> cross_k;     // per decoder block: [L, inner_dim]
   std::vector<MatrixF> cross_v;
 };
-/// Per row: the decoder self-attention cache of every block, [capacity, inner_dim] each (the first
-/// T5State::decoded_length() rows are valid).
-struct CacheRow {
-  std::vector<MatrixF> k, v;
-};
 }  // namespace t5_detail
 
 /// Decoding state of a T5Model: encoder outputs + mask + cross K/V (per row, shared between
 /// beams of one prompt) and the decoder self-attention KV cache (per row).
 class T5State final : public LMState {
  public:
-  std::int64_t batch() const override { return std::int64_t(cache_.size()); }
+  std::int64_t batch() const override { return cache_.rows(); }
   /// Tokens fed to the decoder so far (the same for every row).
-  std::int64_t decoded_length() const { return length_; }
+  std::int64_t decoded_length() const { return cache_.length(); }
   /// Encoder positions (the padded prompt length).
   std::int64_t encoder_length() const { return enc_.empty() ? 0 : enc_.front()->length; }
   /// The rows' encoder_last_hidden_state, [batch, L, d_model] (a copy).
@@ -74,9 +70,7 @@ class T5State final : public LMState {
  private:
   friend class T5Model;
   std::vector<std::shared_ptr<const t5_detail::EncoderRow>> enc_;
-  std::vector<t5_detail::CacheRow> cache_;
-  std::int64_t length_ = 0;    // decoded positions
-  std::int64_t capacity_ = 0;  // allocated cache rows per block
+  layers::KVCache cache_;  // decoder self-attention, per block [capacity, inner_dim] per row
 };
 
 class T5Model final : public LanguageModel {
@@ -105,7 +99,7 @@ class T5Model final : public LanguageModel {
   /// The names the constructor looked up, in binding order (with the checkpoint prefix for the
   /// checkpoint constructor; as passed to the WeightFn otherwise). Tied models do not bind
   /// lm_head.weight; encoder/decoder embed_tokens are never bound (they alias shared.weight).
-  const std::vector<std::string>& bound_tensor_names() const { return bound_; }
+  const std::vector<std::string>& bound_tensor_names() const override { return bound_; }
   /// The HF name (with `prefix`) and shape of every tensor the constructor binds for `config`, in
   /// binding order (ConfigError for an invalid config).
   static std::vector<std::pair<std::string, Shape>> tensor_specs(const T5Config& config,
@@ -159,7 +153,11 @@ class T5Model final : public LanguageModel {
                                                std::int64_t num_buckets, std::int64_t max_distance);
 
   /// The tensors that store the bound weights under their HF names (with `prefix`).
-  std::vector<std::pair<std::string, Tensor>> named_weights(const std::string& prefix = "language_model.") const;
+  std::vector<std::pair<std::string, Tensor>> named_weights(
+      const std::string& prefix = "language_model.") const override;
+  /// encoder/decoder embed_tokens.weight (and lm_head.weight when tied) -> shared.weight.
+  std::vector<std::pair<std::string, std::string>> tied_aliases(
+      const std::string& prefix = "language_model.") const override;
   const WeightPolicy& weight_policy() const { return policy_; }
 
   /// Bytes of weights one decoder step reads (self-attention q/k/v/o, cross-attention q/o, FFN,

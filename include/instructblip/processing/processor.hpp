@@ -12,6 +12,7 @@
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/processing/image.hpp"
 #include "instructblip/processing/image_processor.hpp"
+#include "instructblip/processing/streamer.hpp"
 #include "instructblip/processing/tokenizer.hpp"
 
 namespace instructblip {
@@ -54,6 +55,17 @@ class InstructBlipProcessor {
   /// against it with check_vocabulary() — a ConfigError names the tokenizer and both sizes.
   static InstructBlipProcessor from_pretrained(const std::string& dir);
 
+  /// Writes the processor to `dir` so that from_pretrained(dir) loads an equal processor:
+  /// preprocessor_config.json and the language-model tokenizer's files in `dir`, the Q-Former
+  /// tokenizer's in `dir`/qformer_tokenizer (created if needed). As transformers' slow tokenizers
+  /// keep their vocabulary files, these are the files the processor was loaded from, copied byte
+  /// for byte (tokenizer_config.json, special_tokens_map.json, added_tokens.json, tokenizer.json,
+  /// spiece.model / tokenizer.model / vocab.txt, whichever exist). InvalidArgument for a processor
+  /// not loaded by from_pretrained() (it has no files); IoError when `dir` cannot be written.
+  void save_pretrained(const std::string& dir) const;
+  /// The directory from_pretrained() read (empty for a processor built from its parts).
+  const std::string& source_dir() const { return source_dir_; }
+
   /// Throws ConfigError when a tokenizer can produce ids the model has no embedding for: the
   /// language-model tokenizer's id space (len(tokenizer), and the highest added-token id + 1)
   /// larger than the text config's vocab_size, or the Q-Former tokenizer's larger than
@@ -81,6 +93,7 @@ class InstructBlipProcessor {
   ImageProcessor image_processor_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Tokenizer> qformer_tokenizer_;
+  std::string source_dir_;
 };
 
 }  // namespace instructblip

@@ -119,6 +119,10 @@ struct BatchEncoding {
   Tensor attention_mask_tensor() const;
 };
 
+/// Rows of ids (or of a mask) as an int64 [rows, length] tensor, e.g. GenerateOutput::sequences.
+/// InvalidArgument naming `what` when the rows differ in length.
+Tensor ids_to_tensor(const std::vector<std::vector<std::int64_t>>& rows, const std::string& what = "ids");
+
 /// The common interface of the three tokenizers (transformers' PreTrainedTokenizer).
 class Tokenizer {
  public:
@@ -403,25 +407,5 @@ std::string detect_tokenizer_class(const std::string& dir);
 /// Throws InvalidArgument naming `what` and the byte offset of the first invalid UTF-8 sequence
 /// (overlong forms, surrogates and code points above U+10FFFF are invalid too).
 void check_utf8(std::string_view text, const char* what = "text");
-
-/// Unicode helpers with Python str semantics (character data from utf8proc), used by the tokenizers.
-namespace text {
-/// The code points of `s`, which must be valid UTF-8 (see check_utf8).
-std::u32string decode_utf8(std::string_view s);
-void append_utf8(std::string& out, char32_t cp);
-std::string encode_utf8(const std::u32string& s);
-/// Python's str.isspace() for one character (category Zs or bidirectional class WS / B / S).
-bool is_python_space(char32_t cp);
-/// Python's str.strip() / lstrip() / rstrip() without arguments.
-std::string_view strip(std::string_view s);
-std::string_view lstrip(std::string_view s);
-std::string_view rstrip(std::string_view s);
-/// Python's str.split() without arguments.
-std::vector<std::string> split_whitespace(std::string_view s);
-/// Python's str.lower() applied to one character (no context: capital sigma -> small sigma).
-void append_lower(std::string& out, char32_t cp);
-/// Python's str.lower() on a string, including the Final_Sigma rule.
-std::string lower(std::string_view s);
-}  // namespace text
 
 }  // namespace instructblip

@@ -1,9 +1,9 @@
-#include "instructblip/models/weight_source.hpp"
+#include "instructblip/layers/weights.hpp"
 
 #include "instructblip/core/error.hpp"
 #include "instructblip/io/checkpoint.hpp"
 
-namespace instructblip::models {
+namespace instructblip::layers {
 
 using ops::GemmCompute;
 using ops::WeightFormat;
@@ -144,6 +144,28 @@ WeightVisitor WeightVisitor::lister(std::vector<std::pair<std::string, Shape>>& 
   return v;
 }
 
+WeightVisitor WeightVisitor::alias_lister(std::vector<std::pair<std::string, std::string>>& out) {
+  WeightVisitor v;
+  v.tensor = [](const std::string&, const Shape&, Tensor&) {};
+  v.matrix = [](const std::string&, const Shape&, Linear&, MatrixRole) {};
+  v.alias = [&out](const std::string& name, const std::string& target) { out.emplace_back(name, target); };
+  return v;
+}
+
+WeightVisitor WeightVisitor::recording(const WeightVisitor& inner, std::vector<std::string>& names) {
+  WeightVisitor v;
+  v.tensor = [inner, &names](const std::string& n, const Shape& s, Tensor& slot) {
+    names.push_back(n);
+    inner.tensor(n, s, slot);
+  };
+  v.matrix = [inner, &names](const std::string& n, const Shape& s, Linear& slot, MatrixRole role) {
+    names.push_back(n);
+    inner.matrix(n, s, slot, role);
+  };
+  v.alias = inner.alias;
+  return v;
+}
+
 WeightVisitor WeightVisitor::saver(std::vector<std::pair<std::string, Tensor>>& out) {
   WeightVisitor v;
   v.tensor = [&out](const std::string& name, const Shape&, Tensor& slot) { out.emplace_back(name, slot); };
@@ -153,4 +175,4 @@ WeightVisitor WeightVisitor::saver(std::vector<std::pair<std::string, Tensor>>& 
   return v;
 }
 
-}  // namespace instructblip::models
+}  // namespace instructblip::layers
