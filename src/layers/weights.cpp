@@ -73,7 +73,7 @@ Tensor WeightSource::f32(const std::string& name, const Shape& shape) const {
 }
 
 bool WeightSource::is_quantised(const std::string& name) const {
-  return find_(name + ".q8_0").defined() || find_(name + ".q4_0").defined();
+  return ops::stored_quantized(name, find_);
 }
 
 ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& shape, WeightFormat format,
@@ -104,7 +104,7 @@ ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& sha
 }
 
 std::vector<std::string> matrix_storage_names(const std::string& name) {
-  return {name, name + ".q8_0", name + ".q8_0_scale", name + ".q4_0", name + ".q4_0_scale", name + ".shape"};
+  return ops::all_storage_names(name);
 }
 
 void Linear::operator()(const ops::In<float>& x, ops::Out<float> y) const {
