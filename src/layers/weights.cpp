@@ -14,8 +14,10 @@ WeightFormat WeightPolicy::format_for(MatrixRole role) const {
   switch (role) {
     case MatrixRole::Vision:
     case MatrixRole::QFormer: return WeightFormat::BF16;
-    case MatrixRole::Text: return format;
-    case MatrixRole::T5FfnOut: return WeightFormat::BF16;
+    case MatrixRole::Text:
+    case MatrixRole::TextEncoder: return format;
+    case MatrixRole::T5FfnOut:
+    case MatrixRole::T5FfnOutEncoder: return WeightFormat::BF16;
     case MatrixRole::OutputHead: return format == WeightFormat::Q4_0 ? WeightFormat::Q8_0 : format;
   }
   return format;
@@ -26,6 +28,17 @@ WeightLayout WeightPolicy::layout_for(MatrixRole role) const {
   // place, row-major); the block formats are row-major only.
   const WeightFormat f = format_for(role);
   return f == WeightFormat::F32 || f == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
+}
+
+bool WeightPolicy::packs_in_place(MatrixRole role) const {
+  if (format == WeightFormat::F32) return false;  // an f32 checkpoint at f32 stays mapped (no second copy)
+  switch (role) {
+    case MatrixRole::Vision:
+    case MatrixRole::QFormer:
+    case MatrixRole::TextEncoder:
+    case MatrixRole::T5FfnOutEncoder: return true;
+    default: return false;
+  }
 }
 
 GemmCompute WeightPolicy::compute_for(MatrixRole) const {
@@ -77,7 +90,7 @@ bool WeightSource::is_quantised(const std::string& name) const {
 }
 
 ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& shape, WeightFormat format,
-                                       WeightLayout layout) const {
+                                       WeightLayout layout, bool pack_in_place) const {
   if (shape.size() != 2) throw TensorError("matrix '" + name + "': expected a 2-d shape, got " + shape_str(shape));
   if (is_quantised(name)) {
     ops::WeightMatrix m;
@@ -97,7 +110,7 @@ ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& sha
   // kernels pack it per call); one converted at load is packed into panels once.
   const bool in_place = (format == WeightFormat::BF16 && t.dtype() == DType::BF16) ||
                         (format == WeightFormat::F32 && t.dtype() == DType::F32);
-  if (in_place) layout = WeightLayout::RowMajor;
+  if (in_place && !(pack_in_place && layout == WeightLayout::Panels)) layout = WeightLayout::RowMajor;
   ops::WeightMatrix m(t, format, layout);
   if (m.data() != t.raw() && release_) release_(name);
   return m;
@@ -131,7 +144,7 @@ WeightVisitor WeightVisitor::loader(const WeightSource& source, const WeightPoli
   WeightVisitor v;
   v.tensor = [&source](const std::string& name, const Shape& shape, Tensor& slot) { slot = source.f32(name, shape); };
   v.matrix = [&source, policy](const std::string& name, const Shape& shape, Linear& slot, MatrixRole role) {
-    slot.w = source.matrix(name, shape, policy.format_for(role), policy.layout_for(role));
+    slot.w = source.matrix(name, shape, policy.format_for(role), policy.layout_for(role), policy.packs_in_place(role));
     slot.compute = policy.compute_for(role);
   };
   return v;

@@ -83,8 +83,7 @@ void activate_portable(Activation a, float* p, std::int64_t n);
 enum class GemmKind : std::uint8_t {
   F32,     // f32 activations x exact (dequantised) weights, f32 FMA
   Widen,   // bf16 weights widened to f32 in the kernel (exact), f32 FMA
-  Dpbf16,  // activations and weights rounded to bf16, vdpbf16ps (f32 accumulation), on panels
-  Dpbf16Rows,  // the same numerics on row-major BF16 weights read in place (dot-product form)
+  Dpbf16,  // activations and weights rounded to bf16, vdpbf16ps (f32 accumulation)
 };
 
 // ---- the portable level (baseline flags) and x86-64-v3 (AVX2 + FMA + F16C): the same source.
@@ -106,6 +105,10 @@ bool compiled();
 void gemv(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qa, bool vnni);
 void gemm(const WeightMatrix& W, const GemvArgs& g, GemmKind kind);
 void activate(Activation a, float* p, std::int64_t n);
+/// Panels [kw][32] words of one 32-row panel (rows <= 32 valid rows of `src`, row stride K
+/// elements; bf16: word = element pair, KW = (K + 1) / 2 words; f32: KW = K), the layout of
+/// WeightMatrix's Panels (weights.hpp). Writes exactly KW * 32 words.
+void pack_panel(const void* src, std::int64_t K, std::int64_t rows, bool bf16, void* dst);
 }  // namespace avx512
 
 }  // namespace instructblip::ops::detail

@@ -35,6 +35,9 @@ void gemv(const WeightMatrix&, const GemvArgs&, const QuantAct*, bool) {
 }
 void gemm(const WeightMatrix&, const GemvArgs&, GemmKind) { throw InvalidArgument("ops: this build has no AVX-512 kernels"); }
 void activate(Activation, float*, std::int64_t) { throw InvalidArgument("ops: this build has no AVX-512 kernels"); }
+void pack_panel(const void*, std::int64_t, std::int64_t, bool, void*) {
+  throw InvalidArgument("ops: this build has no AVX-512 kernels");
+}
 
 #else
 
@@ -533,85 +536,6 @@ void prefetch_source_rows(const WeightMatrix& W, std::int64_t n0, std::int64_t k
   }
 }
 
-// ---- BF16 compute on row-major BF16 weights, in dot-product form (no packing). A matrix used in
-// place from a bf16 checkpoint is row-major; for a prompt's few dozen rows, packing it into panels
-// per call would cost as much as the product. Here the activations are rounded to bf16 once
-// (row-major, K padded to 32 with zeros) and every output is a dot product of two contiguous bf16
-// rows: for a block of NR weight rows (L1-resident while every group of up to MR activation rows
-// passes over it), acc[m][r] (16 lanes) += vdpbf16ps(x[m][k:k+32], w[r][k:k+32]); the 16 lanes are
-// summed in a fixed order at the end. Work is split by blocks of weight rows, so any thread count
-// gives the same bits.
-template <int MR, int NR>
-void dot_bf16_block(const std::uint16_t* xa, std::int64_t K32, std::int64_t m0, const std::uint16_t* w, std::int64_t K,
-                    std::int64_t n0, const GemvArgs& g) {
-  __m512 acc[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
-  const std::uint16_t* wr[NR];
-  for (int r = 0; r < NR; ++r) wr[r] = w + (n0 + r) * K;
-  for (std::int64_t k = 0; k < K32; k += 32) {
-    __m512bh wv[NR];
-    if (k + 32 <= K) {
-      for (int r = 0; r < NR; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wr[r] + k);
-    } else {
-      const __mmask32 mk = mask32(K - k);
-      for (int r = 0; r < NR; ++r) wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + k);
-    }
-    for (int m = 0; m < MR; ++m) {
-      const __m512bh a = (__m512bh)_mm512_load_si512(xa + (m0 + m) * K32 + k);
-      for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], a, wv[r]);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r)
-      g.y[(m0 + m) * g.ldy + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) + (g.bias ? g.bias[n0 + r] : 0.f);
-}
-
-template <int NR>
-void dot_bf16_rows(const std::uint16_t* xa, std::int64_t K32, const std::uint16_t* w, std::int64_t K, std::int64_t n0,
-                   const GemvArgs& g) {
-  constexpr int MR = 6;
-  std::int64_t m0 = 0;
-  for (; m0 + MR <= g.M; m0 += MR) dot_bf16_block<MR, NR>(xa, K32, m0, w, K, n0, g);
-  switch (g.M - m0) {
-    case 5: dot_bf16_block<5, NR>(xa, K32, m0, w, K, n0, g); break;
-    case 4: dot_bf16_block<4, NR>(xa, K32, m0, w, K, n0, g); break;
-    case 3: dot_bf16_block<3, NR>(xa, K32, m0, w, K, n0, g); break;
-    case 2: dot_bf16_block<2, NR>(xa, K32, m0, w, K, n0, g); break;
-    case 1: dot_bf16_block<1, NR>(xa, K32, m0, w, K, n0, g); break;
-    default: break;
-  }
-}
-
-void gemm_dot_bf16(const WeightMatrix& W, const GemvArgs& g) {
-  const std::int64_t M = g.M, N = W.rows(), K = g.K, K32 = round_up(K, 32);
-  Scratch xa_mem(std::size_t(M * K32) * 2);
-  auto* const xa = xa_mem.as<std::uint16_t>();
-  for (std::int64_t m = 0; m < M; ++m) {
-    const float* x = g.x + m * g.ldx;
-    for (std::int64_t k = 0; k < K32; k += 32) {
-      const __m512 lo = _mm512_maskz_loadu_ps(mask16(K - k), x + k);
-      const __m512 hi = _mm512_maskz_loadu_ps(mask16(K - k - 16), x + k + 16);
-      _mm512_store_si512(xa + m * K32 + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-  }
-  const auto* w = static_cast<const std::uint16_t*>(W.data());
-  constexpr std::int64_t NR = 4;
-  const std::int64_t blocks = (N + NR - 1) / NR;
-  par(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t n0 = b * NR, nr = std::min(NR, N - n0);
-      switch (nr) {
-        case 4: dot_bf16_rows<4>(xa, K32, w, K, n0, g); break;
-        case 3: dot_bf16_rows<3>(xa, K32, w, K, n0, g); break;
-        case 2: dot_bf16_rows<2>(xa, K32, w, K, n0, g); break;
-        default: dot_bf16_rows<1>(xa, K32, w, K, n0, g); break;
-      }
-    }
-    activate_block(g, 0, g.M, b0 * NR, std::min(N, b1 * NR));
-  });
-}
-
 template <int KIND>
 void gemm_avx512(const WeightMatrix& W, const GemvArgs& g) {
   constexpr int MR = gemm_mr(KIND);
@@ -811,11 +735,26 @@ void gemm(const WeightMatrix& W, const GemvArgs& g, GemmKind kind) {
     case GemmKind::F32: gemm_avx512<kGemmF32>(W, g); return;
     case GemmKind::Widen: gemm_avx512<kGemmWiden>(W, g); return;
     case GemmKind::Dpbf16: gemm_avx512<kGemmDpbf16>(W, g); return;
-    case GemmKind::Dpbf16Rows: gemm_dot_bf16(W, g); return;
   }
 }
 
 void activate(Activation a, float* p, std::int64_t n) { apply_activation(a, p, n); }
+
+void pack_panel(const void* src, std::int64_t K, std::int64_t rows, bool bf16, void* dst) {
+  const std::int64_t KW = bf16 ? (K + 1) / 2 : K;
+  auto* out = static_cast<std::uint32_t*>(dst);
+  alignas(64) std::uint32_t tail[GEMM_KCW * 32];
+  for (std::int64_t kb = 0; kb < KW; kb += GEMM_KCW) {
+    const std::int64_t kwn = std::min(GEMM_KCW, KW - kb);
+    // pack_b writes whole groups of 16 words: a partial last group goes through `tail`
+    std::uint32_t* d = kwn % 16 == 0 ? out + kb * 32 : tail;
+    if (bf16)
+      pack_b<true>(static_cast<const std::uint16_t*>(src) + 2 * kb, K, rows, K - 2 * kb, kwn, d);
+    else
+      pack_b<false>(static_cast<const float*>(src) + kb, K, rows, K - kb, kwn, d);
+    if (d == tail) std::memcpy(out + kb * 32, tail, std::size_t(kwn) * 32 * 4);
+  }
+}
 
 #endif  // IB_AVX512_LEVEL
 

@@ -33,22 +33,13 @@ enum class Level { Portable, Avx2, Avx512 };
 Level level() { return use_avx512() ? Level::Avx512 : use_avx2() ? Level::Avx2 : Level::Portable; }
 
 // The M-large path of a matrix. bf16: the BF16-compute regime (ignored for F32 weights).
-enum class Path { Portable, Avx2, F32, Widen, Dpbf16, Dpbf16Rows, Amx };
-
-// Row-major BF16 weights (used in place from a bf16 checkpoint) with up to this many activation
-// rows take the dot-product vdpbf16ps kernel, which reads the weights as stored; more rows pay
-// for packing them into panels per call.
-constexpr std::int64_t kDotRowsMax = 64;
-Path gemm_path(const WeightMatrix& W, bool bf16, std::int64_t M) {
+enum class Path { Portable, Avx2, F32, Widen, Dpbf16, Amx };
+Path gemm_path(const WeightMatrix& W, bool bf16) {
   if (W.format() != WeightFormat::F32 && bf16 && use_amx()) return Path::Amx;
   switch (level()) {
     case Level::Avx512:
       if (W.format() == WeightFormat::F32) return Path::F32;
-      if (bf16 && !use_bf16()) return Path::Avx2;  // no vdpbf16ps: exact emulation
-      if (bf16)
-        return W.format() == WeightFormat::BF16 && W.layout() == WeightLayout::RowMajor && M <= kDotRowsMax
-                   ? Path::Dpbf16Rows
-                   : Path::Dpbf16;
+      if (bf16) return use_bf16() ? Path::Dpbf16 : Path::Avx2;  // no vdpbf16ps: exact emulation
       return W.format() == WeightFormat::BF16 ? Path::Widen : Path::F32;
     case Level::Avx2: return Path::Avx2;
     case Level::Portable: break;
@@ -106,7 +97,7 @@ void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<fl
   }
   // Read the process-wide setting once: the whole call uses one regime.
   const bool bf16 = resolve_bf16(options.compute) && W.format() != WeightFormat::F32;
-  switch (gemm_path(W, bf16, M)) {
+  switch (gemm_path(W, bf16)) {
     case Path::Amx: {
       const AmxGemmArgs a{g.x, g.ldx, M, K, g.y, g.ldy, bias, actp ? &amx_epilogue : nullptr, actp};
       gemm_amx_bf16(W, a);
@@ -115,7 +106,6 @@ void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<fl
     case Path::F32: avx512::gemm(W, g, GemmKind::F32); return;
     case Path::Widen: avx512::gemm(W, g, GemmKind::Widen); return;
     case Path::Dpbf16: avx512::gemm(W, g, GemmKind::Dpbf16); return;
-    case Path::Dpbf16Rows: avx512::gemm(W, g, GemmKind::Dpbf16Rows); return;
     case Path::Avx2: avx2::gemm(W, g, bf16); return;
     case Path::Portable: portable::gemm(W, g, bf16); return;
   }
@@ -145,11 +135,10 @@ std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compu
   }
   const bool bf16 = resolve_bf16(compute) && W.format() != WeightFormat::F32;
   const std::string rounded = bf16 ? "(bf16-rounded tiles)" : "(f32 tiles)";
-  switch (gemm_path(W, bf16, M)) {
+  switch (gemm_path(W, bf16)) {
     case Path::F32: return "avx512-fma-gemm" + (W.format() == WeightFormat::F32 ? lay : "(" + fmt + "->f32)");
     case Path::Widen: return "avx512-widen-fma-gemm" + lay;
     case Path::Dpbf16: return "avx512bf16-dpbf16ps-gemm(" + fmt + (panels ? ",panels)" : ")");
-    case Path::Dpbf16Rows: return "avx512bf16-dpbf16ps-dot(bf16,row-major)";
     case Path::Amx: return "amx-bf16-tdpbf16ps-gemm(" + fmt + (panels ? ",panels)" : ")");
     case Path::Avx2: return "avx2-eigen-gemm" + rounded;
     case Path::Portable: break;

@@ -10,6 +10,8 @@
 
 #include "instructblip/core/thread_pool.hpp"
 #include "instructblip/ops/weights.hpp"
+#include "cpu.hpp"
+#include "kernels.hpp"
 #include "quantize.hpp"
 
 namespace instructblip::ops {
@@ -20,11 +22,11 @@ using detail::round_up;
 
 namespace {
 
-// A matrix used in place views memory that may be a file mapping no one has read yet. Its page
-// tables are filled now, in one pass by the kernel (MADV_POPULATE_READ; page-cache pages are
-// mapped, missing ones read), so that the first product using the matrix does not take one page
-// fault per 4 KiB: about a second for the 2.5 GB of a bf16 ViT-g/14, which would otherwise land in
-// the first image's vision time. A no-op where the kernel lacks it (Linux < 5.14).
+// A matrix's source may be a file mapping no one has read yet. Its page tables are filled in one
+// pass by the kernel (MADV_POPULATE_READ; page-cache pages are mapped, missing ones read) rather
+// than by one page fault per 4 KiB in the first product that uses a matrix kept in place (about a
+// second for the 2.5 GB of a bf16 ViT-g/14, on the first image) or in the conversion at load
+// (faults are costly on virtual machines). A no-op where the kernel lacks it (Linux < 5.14).
 void populate(const Tensor& t) {
 #if defined(__linux__) && defined(MADV_POPULATE_READ)
   if (!t.defined() || !t.is_borrowed() || t.nbytes() == 0) return;
@@ -70,36 +72,58 @@ WeightMatrix::WeightMatrix(const Tensor& w, WeightFormat format, WeightLayout la
   k_ = w.dim(1);
   format_ = format;
   layout_ = layout;
+  // Used in place, or read once to convert / pack: either way every page of a mapped source is
+  // needed; one kernel pass maps them far faster than a fault per page.
+  populate(w);
   if (layout == WeightLayout::Panels) {
     if (format != WeightFormat::F32 && format != WeightFormat::BF16)
       throw InvalidArgument(std::string("WeightMatrix: the Panels layout is for f32 / bf16, not ") +
                             weight_format_name(format));
     const std::int64_t N = n_, K = k_, P = (N + 31) / 32, KW = (K + 1) / 2;
     const bool f32 = format == WeightFormat::F32;
-    data_ = f32 ? Tensor::zeros({P, K, 32}, DType::F32) : Tensor::zeros({P, KW, 32, 2}, DType::BF16);
+    const bool simd = detail::use_avx512();  // the SIMD packer writes every word, padding included
+    const Shape shape = f32 ? Shape{P, K, 32} : Shape{P, KW, 32, 2};
+    const DType dtype = f32 ? DType::F32 : DType::BF16;
+    data_ = simd ? Tensor::empty(shape, dtype) : Tensor::zeros(shape, dtype);
     kp_ = k_;
     const DType dt = w.dtype();
     const auto* src = static_cast<const std::uint8_t*>(w.raw());
     const std::size_t es = dtype_size(dt);
     void* dst = data_.raw_mut();
     parallel_for(0, P, 1, [&](std::int64_t p0, std::int64_t p1) {
+      // 32 rows at a time in the target dtype (row-major), then into the panel
+      std::vector<std::uint32_t> rows_buf(std::size_t(32 * K) + 16);  // 32 rows of f32, or of bf16 with room
       std::vector<float> row(std::size_t(std::max<std::int64_t>(K, 1)));
-      for (std::int64_t n = p0 * 32; n < std::min(N, p1 * 32); ++n) {
-        const std::uint8_t* r = src + std::size_t(n * K) * es;
-        if (f32) {
-          convert_to_f32(r, dt, row.data(), std::size_t(K));
-          float* o = static_cast<float*>(dst);
-          for (std::int64_t k = 0; k < K; ++k) o[detail::panel_index_f32(n, k, K)] = row[std::size_t(k)];
-        } else {
-          auto* o = static_cast<std::uint16_t*>(dst);
-          if (dt == DType::BF16) {
-            const auto* b = reinterpret_cast<const std::uint16_t*>(r);
-            for (std::int64_t k = 0; k < K; ++k) o[detail::panel_index_bf16(n, k, K)] = b[k];
-          } else {
-            convert_to_f32(r, dt, row.data(), std::size_t(K));
-            for (std::int64_t k = 0; k < K; ++k) o[detail::panel_index_bf16(n, k, K)] = f32_to_bf16(row[std::size_t(k)]);
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::int64_t n0 = p * 32, rows = std::min<std::int64_t>(32, N - n0);
+        const void* block = src + std::size_t(n0 * K) * es;
+        const bool same = (f32 && dt == DType::F32) || (!f32 && dt == DType::BF16);
+        if (!same) {  // convert the block's rows to the target dtype
+          for (std::int64_t r = 0; r < rows; ++r) {
+            convert_to_f32(src + std::size_t((n0 + r) * K) * es, dt, row.data(), std::size_t(K));
+            if (f32) {
+              std::memcpy(reinterpret_cast<float*>(rows_buf.data()) + r * K, row.data(), std::size_t(K) * 4);
+            } else {
+              auto* o = reinterpret_cast<std::uint16_t*>(rows_buf.data()) + r * K;
+              for (std::int64_t k = 0; k < K; ++k) o[k] = f32_to_bf16(row[std::size_t(k)]);
+            }
           }
+          block = rows_buf.data();
         }
+        const std::size_t panel_bytes = std::size_t(f32 ? K : KW) * 32 * 4;
+        void* out = static_cast<std::uint8_t*>(dst) + std::size_t(p) * panel_bytes;
+        if (simd) {
+          detail::avx512::pack_panel(block, K, rows, !f32, out);
+          continue;
+        }
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t k = 0; k < K; ++k) {
+            if (f32)
+              static_cast<float*>(dst)[detail::panel_index_f32(n0 + r, k, K)] = static_cast<const float*>(block)[r * K + k];
+            else
+              static_cast<std::uint16_t*>(dst)[detail::panel_index_bf16(n0 + r, k, K)] =
+                  static_cast<const std::uint16_t*>(block)[r * K + k];
+          }
       }
     });
     defined_ = true;
@@ -109,12 +133,10 @@ WeightMatrix::WeightMatrix(const Tensor& w, WeightFormat format, WeightLayout la
     case WeightFormat::F32:
       data_ = w.to(DType::F32);
       kp_ = k_;
-      populate(data_);
       break;
     case WeightFormat::BF16:
       data_ = w.to(DType::BF16);
       kp_ = k_;
-      populate(data_);
       break;
     case WeightFormat::Q8_0:
     case WeightFormat::Q4_0: {

@@ -28,6 +28,8 @@ enum class MatrixRole : std::uint8_t {
   QFormer,     // Q-Former linears (tens of rows)
   Text,        // language-model projections (one row per decode step: bandwidth-bound)
   T5FfnOut,    // Flan-T5's FFN output projection `wo` (kept in higher precision)
+  TextEncoder,      // Flan-T5 encoder projections: used only on the prompt (tens of rows)
+  T5FfnOutEncoder,  // Flan-T5 encoder `wo` (as T5FfnOut, used only on the prompt)
   OutputHead,  // language-model lm_head
 };
 
@@ -41,9 +43,10 @@ enum class MatrixRole : std::uint8_t {
 /// | q4_0   | bf16 panels, bf16 compute   | q4_0      | bf16     | q8_0       |
 ///
 /// The vision encoder and the Q-Former are compute-bound, so quantising them saves no time; they
-/// stay bf16 under every reduced format. Layout: a matrix already stored in the requested format is
-/// used in place (row-major, mapped, not read at load); one converted at load (another dtype) is
-/// packed into panels once, so the many-row products need no per-call packing. T5's FFN output projection `wo` is never quantised:
+/// stay bf16 under every reduced format. Layout: f32 / bf16 matrices converted at load (another
+/// dtype), and under a reduced format the ones that only multiply many rows (vision, Q-Former,
+/// T5 encoder), are packed into panels once, so those products need no per-call packing; the
+/// others already stored in the requested format are used in place (row-major, mapped). T5's FFN output projection `wo` is never quantised:
 /// transformers keeps it in float32 against float16 overflow (`_keep_in_fp32_modules`); bfloat16
 /// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits.
 /// Arithmetic: under f32 everything is float32. Under a reduced format, products over many rows
@@ -59,6 +62,12 @@ struct WeightPolicy {
 
   ops::WeightFormat format_for(MatrixRole role) const;
   ops::WeightLayout layout_for(MatrixRole role) const;
+  /// True for the roles that only ever multiply many rows (Vision, QFormer, TextEncoder,
+  /// T5FfnOutEncoder): their f32 / bf16 matrices are packed into panels at load even when the
+  /// checkpoint stores them in the requested format (the mapped pages are released), because
+  /// packing them per call from memory costs as much as the product. Other matrices stored in
+  /// the requested format are used in place.
+  bool packs_in_place(MatrixRole role) const;
   /// Arithmetic of many-row products for matrices of `role`.
   ops::GemmCompute compute_for(MatrixRole role) const;
 };
@@ -85,7 +94,7 @@ class WeightSource {
   /// has "<name>.q8_0" / "<name>.q4_0" (shape checked), else the float tensor converted to
   /// `format` in `layout` (zero-copy where the dtype allows).
   ops::WeightMatrix matrix(const std::string& name, const Shape& shape, ops::WeightFormat format,
-                           ops::WeightLayout layout) const;
+                           ops::WeightLayout layout, bool pack_in_place = false) const;
   /// True when the source holds `name` in a quantised form.
   bool is_quantised(const std::string& name) const;
 
