@@ -23,9 +23,11 @@ struct AttentionOptions {
   T* probs = nullptr;                // if set, receives the attention probabilities [num_heads, Lq, Lk]
 };
 
-/// out[Lq, H*D] = softmax(q k^T * scale + masks) v, per head.
-template <typename T>
-void attention(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOptions<T>& o, Out<T> out) {
+/// attention() with the two products supplied per head h (key / value head kvh):
+/// qk(h, kvh, scores) sets scores[Lq, Lk] = q_h k_kvh^T; pv(h, kvh, scores) sets out_h = scores v_kvh.
+template <typename T, typename QK, typename PV>
+void attention_with(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOptions<T>& o, Out<T> out,
+                    const QK& qk, const PV& pv) {
   const int H = o.num_heads;
   const int Hkv = o.num_kv_heads > 0 ? o.num_kv_heads : H;
   const int D = o.head_dim;
@@ -38,7 +40,7 @@ void attention(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOp
   RowMatrix<T> scores(Lq, Lk);
   for (int h = 0; h < H; ++h) {
     const int kvh = h / group;
-    scores.noalias() = q.middleCols(Eigen::Index(h) * D, D) * k.middleCols(Eigen::Index(kvh) * D, D).transpose();
+    qk(h, kvh, scores);
     scores *= o.scale;
     for (Eigen::Index i = 0; i < Lq; ++i) {
       T* row = scores.row(i).data();
@@ -59,8 +61,31 @@ void attention(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOp
     }
     if (o.probs)
       Eigen::Map<RowMatrix<T>>(o.probs + Eigen::Index(h) * Lq * Lk, Lq, Lk) = scores;
-    out.middleCols(Eigen::Index(h) * D, D).noalias() = scores * v.middleCols(Eigen::Index(kvh) * D, D);
+    pv(h, kvh, scores);
   }
 }
+
+/// attention() with Eigen's products (any T; float uses it for fewer than 16 query rows).
+template <typename T>
+void attention_eigen(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOptions<T>& o, Out<T> out) {
+  const Eigen::Index D = o.head_dim;
+  attention_with<T>(
+      q, k, v, o, out,
+      [&](int h, int kvh, RowMatrix<T>& s) { s.noalias() = q.middleCols(h * D, D) * k.middleCols(kvh * D, D).transpose(); },
+      [&](int h, int kvh, const RowMatrix<T>& s) { out.middleCols(h * D, D).noalias() = s * v.middleCols(kvh * D, D); });
+}
+
+/// out[Lq, H*D] = softmax(q k^T * scale + masks) v, per head.
+template <typename T>
+void attention(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOptions<T>& o, Out<T> out) {
+  attention_eigen<T>(q, k, v, o, out);
+}
+
+/// float: with 16 or more query rows (vision encoder, Q-Former, prompts) the two products run on
+/// the library's kernel levels (ops::linear; chosen at run time, so a portable build gets AVX-512
+/// there too); fewer rows (decoding) use Eigen.
+template <>
+void attention<float>(const In<float>& q, const In<float>& k, const In<float>& v, const AttentionOptions<float>& o,
+                      Out<float> out);
 
 }  // namespace instructblip::ops
