@@ -14,10 +14,8 @@ WeightFormat WeightPolicy::format_for(MatrixRole role) const {
   switch (role) {
     case MatrixRole::Vision:
     case MatrixRole::QFormer: return WeightFormat::BF16;
-    case MatrixRole::Text:
-    case MatrixRole::TextEncoder: return format;
-    case MatrixRole::T5FfnOut:
-    case MatrixRole::T5FfnOutEncoder: return WeightFormat::BF16;
+    case MatrixRole::Text: return format;
+    case MatrixRole::T5FfnOut: return WeightFormat::BF16;
     case MatrixRole::OutputHead: return format == WeightFormat::Q4_0 ? WeightFormat::Q8_0 : format;
   }
   return format;
@@ -30,15 +28,10 @@ WeightLayout WeightPolicy::layout_for(MatrixRole role) const {
   return f == WeightFormat::F32 || f == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
 }
 
-bool WeightPolicy::packs_in_place(MatrixRole role) const {
-  if (format == WeightFormat::F32) return false;  // an f32 checkpoint at f32 stays mapped (no second copy)
-  switch (role) {
-    case MatrixRole::Vision:
-    case MatrixRole::QFormer:
-    case MatrixRole::TextEncoder:
-    case MatrixRole::T5FfnOutEncoder: return true;
-    default: return false;
-  }
+bool WeightPolicy::packs_in_place(MatrixRole) const {
+  // An f32 checkpoint at f32 stays mapped (no second copy of 16 GB). Under a reduced format the
+  // matrices are packed even when stored as requested: see the header.
+  return format != WeightFormat::F32;
 }
 
 GemmCompute WeightPolicy::compute_for(MatrixRole) const {
@@ -106,8 +99,9 @@ ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& sha
   }
   const Tensor t = get(name, shape);
   if (format == WeightFormat::Q8_0 || format == WeightFormat::Q4_0) layout = WeightLayout::RowMajor;
-  // A matrix stored in the requested format is used in place (mapped, not read at load; the GEMM
-  // kernels pack it per call); one converted at load is packed into panels once.
+  // A matrix converted at load, or stored in the requested format under a reduced one
+  // (WeightPolicy::packs_in_place), is packed into panels once; an f32 one at f32 is used in place
+  // (mapped; the GEMM kernels pack it per call).
   const bool in_place = (format == WeightFormat::BF16 && t.dtype() == DType::BF16) ||
                         (format == WeightFormat::F32 && t.dtype() == DType::F32);
   if (in_place && !(pack_in_place && layout == WeightLayout::Panels)) layout = WeightLayout::RowMajor;

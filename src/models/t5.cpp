@@ -143,15 +143,11 @@ void T5Model::visit_stack(const WeightVisitor& v, const std::string& prefix, con
   auto linear = [&](const std::string& n, std::int64_t N, std::int64_t K, Linear& l, MatrixRole role) {
     v.linear(prefix + n, N, K, false, l, role);
   };
-  // The encoder's matrices only ever multiply the prompt's rows (many-row products); the
-  // decoder's multiply one row per step.
-  const MatrixRole text = decoder ? MatrixRole::Text : MatrixRole::TextEncoder;
-  const MatrixRole ffn_out = decoder ? MatrixRole::T5FfnOut : MatrixRole::T5FfnOutEncoder;
   auto attention = [&](const std::string& p, Attention& a) {
-    linear(p + ".q", I, D, a.q, text);
-    linear(p + ".k", I, D, a.k, text);
-    linear(p + ".v", I, D, a.v, text);
-    linear(p + ".o", D, I, a.o, text);
+    linear(p + ".q", I, D, a.q, MatrixRole::Text);
+    linear(p + ".k", I, D, a.k, MatrixRole::Text);
+    linear(p + ".v", I, D, a.v, MatrixRole::Text);
+    linear(p + ".o", D, I, a.o, MatrixRole::Text);
   };
   stack.blocks.resize(std::size_t(layers));
   for (std::int64_t i = 0; i < layers; ++i) {
@@ -170,12 +166,12 @@ void T5Model::visit_stack(const WeightVisitor& v, const std::string& prefix, con
     }
     tensor(ffp + "layer_norm.weight", {D}, blk.ff_norm);
     if (config_.is_gated_act) {
-      linear(ffp + "DenseReluDense.wi_0", F, D, blk.ff.wi_0, text);
-      linear(ffp + "DenseReluDense.wi_1", F, D, blk.ff.wi_1, text);
+      linear(ffp + "DenseReluDense.wi_0", F, D, blk.ff.wi_0, MatrixRole::Text);
+      linear(ffp + "DenseReluDense.wi_1", F, D, blk.ff.wi_1, MatrixRole::Text);
     } else {
-      linear(ffp + "DenseReluDense.wi", F, D, blk.ff.wi, text);
+      linear(ffp + "DenseReluDense.wi", F, D, blk.ff.wi, MatrixRole::Text);
     }
-    linear(ffp + "DenseReluDense.wo", D, F, blk.ff.wo, ffn_out);
+    linear(ffp + "DenseReluDense.wo", D, F, blk.ff.wo, MatrixRole::T5FfnOut);
   }
   tensor(name + ".final_layer_norm.weight", {D}, stack.final_norm);
 }

@@ -28,8 +28,6 @@ enum class MatrixRole : std::uint8_t {
   QFormer,     // Q-Former linears (tens of rows)
   Text,        // language-model projections (one row per decode step: bandwidth-bound)
   T5FfnOut,    // Flan-T5's FFN output projection `wo` (kept in higher precision)
-  TextEncoder,      // Flan-T5 encoder projections: used only on the prompt (tens of rows)
-  T5FfnOutEncoder,  // Flan-T5 encoder `wo` (as T5FfnOut, used only on the prompt)
   OutputHead,  // language-model lm_head
 };
 
@@ -43,10 +41,9 @@ enum class MatrixRole : std::uint8_t {
 /// | q4_0   | bf16 panels, bf16 compute   | q4_0      | bf16     | q8_0       |
 ///
 /// The vision encoder and the Q-Former are compute-bound, so quantising them saves no time; they
-/// stay bf16 under every reduced format. Layout: f32 / bf16 matrices converted at load (another
-/// dtype), and under a reduced format the ones that only multiply many rows (vision, Q-Former,
-/// T5 encoder), are packed into panels once, so those products need no per-call packing; the
-/// others already stored in the requested format are used in place (row-major, mapped). T5's FFN output projection `wo` is never quantised:
+/// stay bf16 under every reduced format. Layout: under a reduced format every f32 / bf16 matrix is
+/// packed into panels at load (packs_in_place); under f32, a matrix stored as f32 is used in place
+/// (row-major, mapped) and one converted from another dtype is packed. T5's FFN output projection `wo` is never quantised:
 /// transformers keeps it in float32 against float16 overflow (`_keep_in_fp32_modules`); bfloat16
 /// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits.
 /// Arithmetic: under f32 everything is float32. Under a reduced format, products over many rows
@@ -62,11 +59,12 @@ struct WeightPolicy {
 
   ops::WeightFormat format_for(MatrixRole role) const;
   ops::WeightLayout layout_for(MatrixRole role) const;
-  /// True for the roles that only ever multiply many rows (Vision, QFormer, TextEncoder,
-  /// T5FfnOutEncoder): their f32 / bf16 matrices are packed into panels at load even when the
-  /// checkpoint stores them in the requested format (the mapped pages are released), because
-  /// packing them per call from memory costs as much as the product. Other matrices stored in
-  /// the requested format are used in place.
+  /// Under a reduced format: true, every f32 / bf16 matrix is packed into panels at load even when
+  /// the checkpoint stores it in the requested format (its mapped pages are then released). Many-row
+  /// products then need no per-call packing (which cost as much as the product), and decoding
+  /// streams weights from huge-page anonymous memory instead of 4 KiB file pages (-35% per token on
+  /// a virtual machine, where first touches and TLB misses of file pages are costly). Under f32:
+  /// false, an f32 checkpoint stays mapped in place (no second copy).
   bool packs_in_place(MatrixRole role) const;
   /// Arithmetic of many-row products for matrices of `role`.
   ops::GemmCompute compute_for(MatrixRole role) const;
