@@ -1,7 +1,7 @@
 // ops::linear on WeightMatrix formats (f32 / bf16 / q8_0 / q4_0) at the shapes that dominate
 // InstructBLIP: a decode step (M = 1) of Flan-T5-XL (2048 -> 5120) and Vicuna-7B (4096 -> 11008)
 // sized layers, reported as weight bytes streamed per second, and the ViT-g/14 MLP (M = 257,
-// 1408 <-> 6144), reported as GFLOPS; on 1 and 2 threads. Prints ops::cpu_features() first.
+// 1408 <-> 6144), reported as GFLOPS; on 1 and 2 threads (context.cpp heads the table with the CPU).
 // variant: 0 row-major, 1 Panels layout (f32 / bf16), 2 bf16-activation GEMM through the
 // process-wide set_gemm_bf16_activations (M = 257; bf16 in Panels layout; AMX when available).
 // BM_bf16_compute: the per-call GemmCompute::BF16 regime (AMX vs vdpbf16ps) at the ViT-g/14 and
@@ -182,11 +182,6 @@ void f32_shapes(benchmark::internal::Benchmark* b) {
   for (auto kn : kGemmShapes)
     for (int impl : {0, 1}) b->Args({257, kn[0], kn[1], all, impl});
 }
-
-const bool printed = [] {
-  std::printf("ops::cpu_features(): %s\n", ops::cpu_features().c_str());
-  return true;
-}();
 
 }  // namespace
 

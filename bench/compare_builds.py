@@ -63,16 +63,20 @@ def main():
     print(f"CPU: {cpu_model()}, {os.cpu_count()} threads")
     res = {label: {"native": [], "portable": []} for label, _, _, _ in CASES}
     programs = sorted({p for _, p, _, _ in CASES})
+    kernels = {}
     for _ in range(a.reps):
         for program in programs:  # one process per program and build: all of its cases
             cases = [c for c in CASES if c[1] == program]
             flt = "|".join(f for _, _, f, _ in cases)
             for name in ("native", "portable"):
                 doc = run(a.native if name == "native" else a.portable, program, flt)
+                kernels[name] = doc.get("context", {}).get("kernels", "?")
                 for label, _, f, counter in cases:
                     res[label][name].append(value(doc, f, counter))
                 print(f"{program} {name}: " + ", ".join(f"{l} {res[l][name][-1]:.1f}" for l, _, _, _ in cases),
                       file=sys.stderr, flush=True)
+    for name, k in kernels.items():
+        print(f"{name}: {k}")
     print("\n| stage | native (ms) | portable (ms) | portable speed / native |")
     print("|---|---|---|---|")
     for label, vals in res.items():

@@ -8,7 +8,9 @@ namespace instructblip::ops {
 template <>
 void attention<float>(const In<float>& q, const In<float>& k, const In<float>& v, const AttentionOptions<float>& o,
                       Out<float> out) {
-  if (q.rows() < 16) {  // decoding: one or a few query rows against a long cache
+  // Small products (decoding, prompts of tens of tokens) stay with Eigen in the calling thread:
+  // dispatching them to the pool per head would cost more than they do.
+  if (q.rows() < 128 || k.rows() < 128) {
     attention_eigen<float>(q, k, v, o, out);
     return;
   }

@@ -65,7 +65,7 @@ void attention_with(const In<T>& q, const In<T>& k, const In<T>& v, const Attent
   }
 }
 
-/// attention() with Eigen's products (any T; float uses it for fewer than 16 query rows).
+/// attention() with Eigen's products (any T; float uses it below 128 query or key rows).
 template <typename T>
 void attention_eigen(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOptions<T>& o, Out<T> out) {
   const Eigen::Index D = o.head_dim;
@@ -81,9 +81,9 @@ void attention(const In<T>& q, const In<T>& k, const In<T>& v, const AttentionOp
   attention_eigen<T>(q, k, v, o, out);
 }
 
-/// float: with 16 or more query rows (vision encoder, Q-Former, prompts) the two products run on
-/// the library's kernel levels (ops::linear; chosen at run time, so a portable build gets AVX-512
-/// there too); fewer rows (decoding) use Eigen.
+/// float: with 128 or more query and key rows (the vision encoder's 257 tokens) the two products
+/// run on the library's kernel levels (ops::linear; chosen at run time, so a portable build gets
+/// AVX-512 there too); smaller ones (decoding, prompts, the Q-Former) use Eigen.
 template <>
 void attention<float>(const In<float>& q, const In<float>& k, const In<float>& v, const AttentionOptions<float>& o,
                       Out<float> out);
