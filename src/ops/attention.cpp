@@ -15,19 +15,19 @@ void attention<float>(const In<float>& q, const In<float>& k, const In<float>& v
     return;
   }
   const Eigen::Index D = o.head_dim, Lk = k.rows();
-  // k_h and v_h^T as contiguous [out, in] matrices, the layout linear() multiplies by
-  MatrixF kh, vt;
+  // k_h and v_h^T of the current head, copied into owned [out, in] matrices (the layout linear()
+  // multiplies by); the WeightMatrix views share their memory, so each is built once.
+  Tensor kh = Tensor::empty({Lk, D}), vt = Tensor::empty({D, Lk});
+  const WeightMatrix Wk(kh, WeightFormat::F32), Wv(vt, WeightFormat::F32);
   attention_with<float>(
       q, k, v, o, out,
       [&](int h, int kvh, MatrixF& s) {
-        kh = k.middleCols(kvh * D, D);
-        linear(q.middleCols(h * D, D), WeightMatrix(Tensor::borrow(kh.data(), {Lk, D}, DType::F32), WeightFormat::F32),
-               nullptr, s);
+        kh.matrix<float>(Lk, D) = k.middleCols(kvh * D, D);
+        linear(q.middleCols(h * D, D), Wk, nullptr, s);
       },
       [&](int h, int kvh, const MatrixF& s) {
-        vt = v.middleCols(kvh * D, D).transpose();
-        linear(s, WeightMatrix(Tensor::borrow(vt.data(), {D, Lk}, DType::F32), WeightFormat::F32), nullptr,
-               out.middleCols(h * D, D));
+        vt.matrix<float>(D, Lk) = v.middleCols(kvh * D, D).transpose();
+        linear(s, Wv, nullptr, out.middleCols(h * D, D));
       });
 }
 

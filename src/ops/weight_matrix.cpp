@@ -90,25 +90,19 @@ WeightMatrix::WeightMatrix(const Tensor& w, WeightFormat format, WeightLayout la
     const auto* src = static_cast<const std::uint8_t*>(w.raw());
     const std::size_t es = dtype_size(dt);
     void* dst = data_.raw_mut();
+    const bool same = (f32 && dt == DType::F32) || (!f32 && dt == DType::BF16);
     parallel_for(0, P, 1, [&](std::int64_t p0, std::int64_t p1) {
-      // 32 rows at a time in the target dtype (row-major), then into the panel
-      std::vector<std::uint32_t> rows_buf(std::size_t(32 * K) + 16);  // 32 rows of f32, or of bf16 with room
-      std::vector<float> row(std::size_t(std::max<std::int64_t>(K, 1)));
+      // Another source dtype: 32 rows at a time converted to the target dtype (row-major) first.
+      std::vector<float> conv(same ? 0 : std::size_t(32 * K));
+      std::vector<std::uint16_t> conv_bf16(same || f32 ? 0 : std::size_t(32 * K));
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::int64_t n0 = p * 32, rows = std::min<std::int64_t>(32, N - n0);
         const void* block = src + std::size_t(n0 * K) * es;
-        const bool same = (f32 && dt == DType::F32) || (!f32 && dt == DType::BF16);
-        if (!same) {  // convert the block's rows to the target dtype
-          for (std::int64_t r = 0; r < rows; ++r) {
-            convert_to_f32(src + std::size_t((n0 + r) * K) * es, dt, row.data(), std::size_t(K));
-            if (f32) {
-              std::memcpy(reinterpret_cast<float*>(rows_buf.data()) + r * K, row.data(), std::size_t(K) * 4);
-            } else {
-              auto* o = reinterpret_cast<std::uint16_t*>(rows_buf.data()) + r * K;
-              for (std::int64_t k = 0; k < K; ++k) o[k] = f32_to_bf16(row[std::size_t(k)]);
-            }
-          }
-          block = rows_buf.data();
+        if (!same) {
+          convert_to_f32(static_cast<const std::uint8_t*>(block), dt, conv.data(), std::size_t(rows * K));
+          if (!f32)
+            for (std::int64_t i = 0; i < rows * K; ++i) conv_bf16[std::size_t(i)] = f32_to_bf16(conv[std::size_t(i)]);
+          block = f32 ? static_cast<const void*>(conv.data()) : static_cast<const void*>(conv_bf16.data());
         }
         const std::size_t panel_bytes = std::size_t(f32 ? K : KW) * 32 * 4;
         void* out = static_cast<std::uint8_t*>(dst) + std::size_t(p) * panel_bytes;
