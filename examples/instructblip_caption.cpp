@@ -135,6 +135,7 @@ std::string usage() {
          "  --output-sequences        add the generated ids to JSONL records\n"
          "  --shard I/N               the items whose index % N == I (default: SLURM_ARRAY_TASK_ID /\n"
          "                            SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with --num-shards N)\n"
+         "  --num-shards N            the shard count of a Kubernetes Indexed Job (with JOB_COMPLETION_INDEX)\n"
          "  --batch-size B            rows decoded together (default 8)\n"
          "  --max-image-bytes N       larger images are error records (default 64 MiB)\n"
          "  --fail-fast               stop at the first error record (exit status 1)\n"
