@@ -399,6 +399,10 @@ TEST(CaptionCli, UsageAndRuntimeErrorsComeBeforeTheModelWithTheirStatus) {
   }
   EXPECT_TRUE(fs::is_directory(dir));
   EXPECT_FALSE(fs::exists("/proc/forbidden"));
+  Result help = caption({"--help"}, dir);
+  EXPECT_EQ(help.status, 0);
+  for (const char* flag : {"--shard", "--output", "--batch-size", "--fail-fast", "merge", "--max-new-tokens"})
+    EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   // a record file of the other format is refused, untouched
   std::ofstream(dir + "/other.jsonl") << "\"id\",\"image\",\"prompt\",\"text\",\"error\"\r\n";
   Result other = caption({"--model", model_dir(), "--output", dir + "/other.jsonl", images}, dir);
