@@ -87,18 +87,23 @@ struct EngineResult {
   bool ok() const { return error.empty(); }
 };
 
-/// Passed to the token callback after every decoding step of greedy search / sampling (beam
-/// search has no final tokens before it ends; its callback is called once, at the end).
+/// Passed to the token callback after every decoding step of greedy search / sampling, with the
+/// new token of each sequence still running, and once more at the end (`final`) with the text held
+/// back until then (characters that might start a stop string, the streamer's last characters).
+/// Beam search has no final tokens before it ends: it sends only the final event, with the whole
+/// texts. For each sequence, the concatenation of its `text` pieces equals EngineResult::texts.
+/// A callback that throws cancels its request.
 struct EngineTokens {
   std::uint64_t id = 0;
   const std::string* tag = nullptr;
-  /// One new id per returned sequence (finished sequences receive nothing: the vector is the
-  /// sequences still running, with `rows` their indices).
-  std::vector<std::int64_t> tokens;
+  /// The sequences (indices into EngineResult::sequences) this event is about.
   std::vector<std::int64_t> rows;
-  /// Per entry of `rows`: the text this token completes (possibly empty; never a partial UTF-8
-  /// sequence). The concatenation over all events equals the final texts[row].
+  /// Per entry of `rows`: the new id (empty in the final event).
+  std::vector<std::int64_t> tokens;
+  /// Per entry of `rows`: the text that became final (possibly empty; never a partial UTF-8
+  /// sequence).
   std::vector<std::string> text;
+  bool final = false;
 };
 
 struct EngineOptions {

@@ -187,6 +187,22 @@ class RowIndependentProducts {
   bool previous_;
 };
 
+/// While an instance lives, linear() calls made on the constructing thread whose M is a multiple
+/// of `count` treat their activations as `count` stacked items of M / count rows each (e.g. the
+/// images of a batch) and choose the regime one item alone would get: each item's rows are then
+/// bit for bit what that item gives alone (every kernel computes a row independently of the
+/// others within a regime; only the M-based regime choice could differ). Nests (innermost wins).
+class StackedItems {
+ public:
+  explicit StackedItems(std::int64_t count);
+  ~StackedItems();
+  StackedItems(const StackedItems&) = delete;
+  StackedItems& operator=(const StackedItems&) = delete;
+
+ private:
+  std::int64_t previous_;
+};
+
 /// GELU with the exact erf, 0.5 x (1 + erf(x / sqrt 2)), in place, vectorised (AVX-512 when the
 /// build and the CPU have it; max abs error vs the float formula with std::erf <= 1e-6 for
 /// |x| < 10, relative error of x * Phi(x) ~1e-7 beyond), else std::erf. The kernel linear()
