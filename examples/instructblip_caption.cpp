@@ -113,9 +113,12 @@ Options parse_args(int argc, char** argv) {
   if (o.gen.num_return_sequences && o.gen.num_beams && *o.gen.num_return_sequences > *o.gen.num_beams &&
       !o.gen.do_sample)
     throw UsageError("--num-return-sequences must not exceed --num-beams");
-  if (o.gen.num_beams && *o.gen.num_beams > o.batch_size)
-    throw UsageError("--num-beams " + std::to_string(*o.gen.num_beams) + " needs --batch-size >= " +
-                     std::to_string(*o.gen.num_beams) + " (rows decoded together)");
+  // The rows a request takes, as far as the flags tell (the checkpoint's settings are checked after the load).
+  const std::int64_t beams = o.gen.num_beams.value_or(1);
+  const std::int64_t rows = beams > 1 ? beams : o.gen.num_return_sequences.value_or(1);
+  if (rows > o.batch_size)
+    throw UsageError(std::string(beams > 1 ? "--num-beams " : "--num-return-sequences ") + std::to_string(rows) +
+                     " needs --batch-size >= " + std::to_string(rows) + " (rows decoded together)");
   return o;
 }
 
@@ -293,7 +296,8 @@ int run(const Options& o) {
 
   const GenerationConfig gen = cli::generation_config(model.generation_config(), o.gen);
   gen.validate();
-  const std::int64_t rows = gen.do_sample ? gen.num_return_sequences : gen.num_beams;
+  // as the engine counts them (it refuses a request that needs more rows than it decodes together)
+  const std::int64_t rows = gen.num_beams > 1 ? gen.num_beams : gen.num_return_sequences;
   if (rows > o.batch_size)
     throw InvalidArgument("a request takes " + std::to_string(rows) + " rows (num_beams / num_return_sequences): "
                           "give --batch-size >= " + std::to_string(rows));
