@@ -336,21 +336,23 @@ TEST(CaptionCli, SigkillMidRunThenRerunRecordsEveryIdOnce) {
   for (const auto& item : bulk::enumerate_inputs({images}).items) EXPECT_EQ(seen.count(item.id), 1u) << item.id;
 }
 
-TEST(CaptionCli, SigtermStopsWithStatus143AndAValidFile) {
+TEST(CaptionCli, SigtermAndSigintStopWith143And130AndAValidFile) {
   const std::string dir = fresh_dir();
   const std::string images = many_images(dir, 40);
   for (const std::string ext : {"jsonl", "csv"}) {
+    const int sig = ext == "jsonl" ? SIGTERM : SIGINT;
     const std::string out = dir + "/out." + ext;
     Proc p = start(IB_CAPTION_PATH,
                    {"--model", model_dir(), "--max-new-tokens", "64", "--min-new-tokens", "64", "--batch-size", "2",
                     "--output", out, images},
                    dir);
     const bool started = wait_for_first_record(out, p, std::chrono::seconds(120));
-    ::kill(p.pid, SIGTERM);
+    ::kill(p.pid, sig);
     Result r = wait(p, std::chrono::seconds(60));
     ASSERT_TRUE(started) << r.err;
     EXPECT_FALSE(r.timed_out);
-    EXPECT_EQ(r.status, 143) << r.err;
+    EXPECT_EQ(r.status, sig == SIGTERM ? 143 : 130) << r.err;
+    EXPECT_NE(r.err.find(sig == SIGTERM ? "interrupted (SIGTERM)" : "interrupted (SIGINT)"), std::string::npos) << r.err;
     const bulk::RecordFile f = bulk::read_records(out, ext == "csv" ? bulk::Format::Csv : bulk::Format::Jsonl);
     EXPECT_FALSE(f.torn());
     EXPECT_GE(f.records.size(), 1u);
