@@ -88,7 +88,8 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--output" || a == "-o") o.output = value();
     else if (a == "--format") {
       o.format = value();
-      if (o.format != "jsonl" && o.format != "csv") throw UsageError("--format must be jsonl or csv, got '" + o.format + "'");
+      if (o.format != "jsonl" && o.format != "csv")
+        throw UsageError("--format must be jsonl or csv, got '" + o.format + "'");
     }
     else if (a == "--prompt" || a == "-p") o.prompt = value();
     else if (a == "--shard") o.shard = value();

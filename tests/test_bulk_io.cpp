@@ -358,7 +358,8 @@ TEST(BulkRecords, CsvWriterAndReaderRoundTripHostileText) {
     }
   }
   const std::string bytes = slurp(path);
-  EXPECT_EQ(bytes.rfind("\"id\",\"image\",\"prompt\",\"text\",\"error\"\r\n\"id plain0\",", 0), 0u) << bytes.substr(0, 60);
+  EXPECT_EQ(bytes.rfind("\"id\",\"image\",\"prompt\",\"text\",\"error\"\r\n\"id plain0\",", 0), 0u)
+      << bytes.substr(0, 60);
   EXPECT_EQ(bytes.substr(bytes.size() - 2), "\r\n");
   const RecordFile f = read_records(path, Format::Csv);
   EXPECT_FALSE(f.torn());
@@ -507,7 +508,8 @@ TEST(BulkShards, ShardsAreDisjointAndTheirUnionIsEverything) {
     ASSERT_EQ(seen.size(), 23u) << n;
     for (std::size_t item = 0; item < 23; ++item) EXPECT_EQ(seen.count(item), 1u) << n;
   }
-  for (const char* bad : {"3/3", "-1/2", "1", "a/b", "1/0", "1/2x", ""}) EXPECT_THROW(parse_shard(bad), InvalidArgument) << bad;
+  for (const char* bad : {"3/3", "-1/2", "1", "a/b", "1/0", "1/2x", ""})
+    EXPECT_THROW(parse_shard(bad), InvalidArgument) << bad;
 }
 
 TEST(BulkShards, FlagThenSlurmThenKubernetesThenOne) {
@@ -555,7 +557,8 @@ TEST(BulkShards, FlagThenSlurmThenKubernetesThenOne) {
 TEST(BulkMerge, CountsDuplicatesMissingAndTornParts) {
   const std::string d = fresh_dir();
   write(d + "/p0.jsonl", "{\"id\":\"a\",\"text\":\"1\"}\n{\"id\":\"b\",\"text\":\"2\"}\n{\"id\":\"c\",\"te");
-  write(d + "/p1.csv", csv_header() + "\"b\",\"b.jpg\",\"p\",\"other\",\"\"\r\n\"d\",\"d.jpg\",\"p\",\"\",\"broken\"\r\n");
+  write(d + "/p1.csv",
+        csv_header() + "\"b\",\"b.jpg\",\"p\",\"other\",\"\"\r\n\"d\",\"d.jpg\",\"p\",\"\",\"broken\"\r\n");
   write(d + "/p2.jsonl", "{\"id\":\"a\",\"text\":\"dup\"}\n{\"id\":\"e\",\"text\":\"5\"}\n");
   const MergeResult m = merge_records({d + "/p0.jsonl", d + "/p1.csv", d + "/p2.jsonl"},
                                       std::vector<std::string>{"a", "b", "c", "d", "e", "f"});

@@ -352,7 +352,8 @@ TEST(CaptionCli, SigtermAndSigintStopWith143And130AndAValidFile) {
     ASSERT_TRUE(started) << r.err;
     EXPECT_FALSE(r.timed_out);
     EXPECT_EQ(r.status, sig == SIGTERM ? 143 : 130) << r.err;
-    EXPECT_NE(r.err.find(sig == SIGTERM ? "interrupted (SIGTERM)" : "interrupted (SIGINT)"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(sig == SIGTERM ? "interrupted (SIGTERM)" : "interrupted (SIGINT)"), std::string::npos)
+        << r.err;
     const bulk::RecordFile f = bulk::read_records(out, ext == "csv" ? bulk::Format::Csv : bulk::Format::Jsonl);
     EXPECT_FALSE(f.torn());
     EXPECT_GE(f.records.size(), 1u);
@@ -492,7 +493,8 @@ TEST(CaptionCli, ShardsUnionToEverythingAndMergeReportsDuplicatesAndMissing) {
   ASSERT_EQ(s.status, 0) << s.err;
   {
     std::set<std::string> a, b;
-    for (const auto& r : bulk::read_records(slurm_out, bulk::Format::Jsonl).records) a.insert(r["id"].get<std::string>());
+    for (const auto& r : bulk::read_records(slurm_out, bulk::Format::Jsonl).records)
+      a.insert(r["id"].get<std::string>());
     for (const auto& r : bulk::read_records(dir + "/part-1.jsonl", bulk::Format::Jsonl).records)
       b.insert(r["id"].get<std::string>());
     EXPECT_EQ(a, b);
@@ -502,7 +504,8 @@ TEST(CaptionCli, ShardsUnionToEverythingAndMergeReportsDuplicatesAndMissing) {
   std::multiset<std::string> seen;
   const auto items = bulk::enumerate_inputs({images}).items;
   for (int i = 0; i < 3; ++i)
-    for (const auto& r : bulk::read_records(dir + "/part-" + std::to_string(i) + ".jsonl", bulk::Format::Jsonl).records) {
+    for (const auto& r :
+         bulk::read_records(dir + "/part-" + std::to_string(i) + ".jsonl", bulk::Format::Jsonl).records) {
       const std::string id = r["id"].get<std::string>();
       seen.insert(id);
       std::size_t index = 0;

@@ -2,6 +2,15 @@
 
 namespace instructblip::bulk {
 
+namespace {
+
+// CRLF or LF at `pos` (a lone CR is data).
+bool line_break_at(std::string_view d, std::size_t pos) {
+  return d[pos] == '\n' || (d[pos] == '\r' && pos + 1 < d.size() && d[pos + 1] == '\n');
+}
+
+}  // namespace
+
 CsvStatus read_csv_record(std::string_view d, std::size_t& pos, std::vector<std::string>& fields,
                           std::size_t& lines) {
   fields.clear();
@@ -30,13 +39,12 @@ CsvStatus read_csv_record(std::string_view d, std::size_t& pos, std::vector<std:
         }
       }
       // after the closing quote: a separator, a line break or the end
-      if (pos < d.size() && d[pos] != ',' && d[pos] != '\n' && !(d[pos] == '\r' && pos + 1 < d.size() && d[pos + 1] == '\n')) {
+      if (pos < d.size() && d[pos] != ',' && !line_break_at(d, pos)) {
         fields.push_back(field);
         return CsvStatus::BadQuote;
       }
     } else {
-      while (pos < d.size() && d[pos] != ',' && d[pos] != '\n' && !(d[pos] == '\r' && pos + 1 < d.size() && d[pos + 1] == '\n'))
-        field += d[pos++];
+      while (pos < d.size() && d[pos] != ',' && !line_break_at(d, pos)) field += d[pos++];
     }
     fields.push_back(field);
     if (pos >= d.size()) return CsvStatus::NoLineEnd;
