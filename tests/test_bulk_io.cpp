@@ -257,6 +257,7 @@ TEST(BulkInputs, TarShardGroupsMembersIntoSamplesAndStreamsTheirImages) {
   const std::string tar = d + "/shard-000.tar";
   const std::string big(5000, 'B');
   write_tar(tar, {{"data", "", true},
+                  {"data/._000.jpg", "resource fork"},
                   {"data/000.jpg", "JPEG-0"},
                   {"data/000.txt", "a caption, with \"quotes\""},
                   {"data/000.json", "{\"width\": 640, \"tags\": [\"a\"]}"},

@@ -258,6 +258,8 @@ void enumerate_tar(const std::string& path, Collector& c) {
     }
     if (archive_entry_filetype(e) != AE_IFREG) continue;
     const std::string name = archive_entry_pathname(e) ? archive_entry_pathname(e) : "";
+    const std::size_t base = name.rfind('/') == std::string::npos ? 0 : name.rfind('/') + 1;
+    if (base < name.size() && name[base] == '.') continue;  // hidden (e.g. macOS "._x.jpg"): no key, as in webdataset
     std::string key, suffix;
     split_member(name, key, suffix);
     if (!cur || cur->key != key) {
