@@ -381,7 +381,14 @@ struct BatchEngine::Impl {
                                  : (eos || (!beam && job->stop_length[i])) ? FinishReason::Stop
                                                                            : FinishReason::Length);
     }
-    r.texts = processor.batch_decode(out.sequences, /*skip_special_tokens=*/true);
+    // Ids the tokenizer has no entry for (a model's embedding matrix may have more rows than its
+    // tokenizer has ids: Flan-T5 32128 vs 32100) have no text, as in TextStreamer.
+    std::vector<std::vector<std::int64_t>> known(out.sequences.size());
+    const std::int64_t n_ids = processor.tokenizer().size();
+    for (std::size_t i = 0; i < known.size(); ++i)
+      for (std::int64_t id : out.sequences[i])
+        if (id >= 0 && id < n_ids) known[i].push_back(id);
+    r.texts = processor.batch_decode(known, /*skip_special_tokens=*/true);
     for (std::string& t : r.texts) {
       std::size_t cut = std::string::npos;
       for (const std::string& s : job->request.stop)

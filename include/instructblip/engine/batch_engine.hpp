@@ -69,7 +69,8 @@ struct EngineResult {
   /// As InstructBlipForConditionalGeneration::generate() returns them.
   std::vector<std::vector<std::int64_t>> sequences;
   std::vector<float> sequences_scores;
-  /// processor.batch_decode(sequences, skip_special_tokens=true), cut at a stop string.
+  /// processor.batch_decode(sequences, skip_special_tokens=true) (ids the tokenizer has no entry
+  /// for left out, as TextStreamer does), cut at a stop string.
   std::vector<std::string> texts;
   std::vector<FinishReason> finish_reasons;
   /// Language-model prompt positions (query tokens + instruction tokens) and generated tokens
