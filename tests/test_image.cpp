@@ -860,7 +860,8 @@ std::vector<std::uint8_t> webp_animation(std::uint32_t cw, std::uint32_t ch, con
   anmf.push_back(0);
   anmf.insert(anmf.end(), frame.begin() + 12, frame.end());  // the frame's VP8 / VP8L chunk
   std::vector<std::uint8_t> chunks = riff_chunk("VP8X", vp8x);
-  for (const auto& c : {riff_chunk("ANIM", anim), riff_chunk("ANMF", anmf)}) chunks.insert(chunks.end(), c.begin(), c.end());
+  for (const auto& c : {riff_chunk("ANIM", anim), riff_chunk("ANMF", anmf)})
+    chunks.insert(chunks.end(), c.begin(), c.end());
   return riff_webp(chunks);
 }
 
