@@ -10,6 +10,9 @@ torch.inference_mode():
   t5_step     Flan-T5-XL decoder step with KV cache (~50 cached positions)         -> ms/token, GB/s
   llama_step  Vicuna-7B decoder step with KV cache (~60 cached positions)          -> ms/token, GB/s
   e2e         vision -> Q-Former -> T5-XL encoder -> 20 greedy decoder tokens      -> per-stage ms
+  --bulk      16 images captioned in batches of 8: batched vision -> Q-Former -> T5-XL encoder ->
+              N batched greedy decoder steps (bf16)                               -> images/minute,
+              per-stage ms; one JSON line
 
 Threading: OpenBLAS (pthread build) with 2 threads does the f32 GEMMs; torch's own intra-op pool
 is set to 1 thread (--torch-threads). The script re-executes itself with LD_LIBRARY_PATH and
@@ -127,8 +130,11 @@ def rss_gb():
     return float("nan")
 
 
+LOG = {"stream": None}  # None: stdout; --bulk logs to stderr so that stdout is its one JSON line
+
+
 def log(msg):
-    print(msg, flush=True)
+    print(msg, file=LOG["stream"] or sys.stdout, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,8 +409,8 @@ class T5Model:
         shape = (1, T5["heads"], n, T5["d_kv"])
         return [(torch.randn(shape).to(self.dtype), torch.randn(shape).to(self.dtype)) for _ in self.dec]
 
-    def new_cache(self, max_len, filled=0):
-        shape = (1, T5["heads"], max_len, T5["d_kv"])
+    def new_cache(self, max_len, filled=0, batch=1):
+        shape = (batch, T5["heads"], max_len, T5["d_kv"])
         cache = [(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)) for _ in self.dec]
         if filled:
             for k, v in cache:
@@ -430,6 +436,26 @@ class T5Model:
             x = x + lin1(self._merge(torch.matmul(self._softmax(s), cv)), l["co"])
             x = x + self._ffn(t5_rms(x, l["ln2"]), l, lin1)
         logits = lin1(t5_rms(x, self.dec_ln), self.lm_head)
+        return logits.argmax(-1)
+
+    def step_batch(self, tokens, pos, cache, cross):
+        """Batched greedy step: tokens [B, 1] long (every row at position `pos`, no padding); the
+        linears are F.linear on B rows (one GEMM per matrix, as HF does); returns next tokens [B, 1]."""
+        x = F.embedding(tokens, self.shared)
+        bias = t5_bias(self.dec_rel, torch.tensor([pos]), pos + 1, bidirectional=False)
+        for l, (kc, vc), (ck, cv) in zip(self.dec, cache, cross):
+            h = t5_rms(x, l["ln0"])
+            q, k, v = (self._heads(F.linear(h, l[w])) for w in ("q", "k", "v"))
+            kc[:, :, pos:pos + 1] = k
+            vc[:, :, pos:pos + 1] = v
+            s = torch.matmul(q, kc[:, :, :pos + 1].transpose(-1, -2)) + bias
+            x = x + F.linear(self._merge(torch.matmul(self._softmax(s), vc[:, :, :pos + 1])), l["o"])
+            h = t5_rms(x, l["ln1"])
+            q = self._heads(F.linear(h, l["cq"]))
+            s = torch.matmul(q, ck.transpose(-1, -2))
+            x = x + F.linear(self._merge(torch.matmul(self._softmax(s), cv)), l["co"])
+            x = x + self._ffn(t5_rms(x, l["ln2"]), l)
+        logits = F.linear(t5_rms(x, self.dec_ln), self.lm_head)
         return logits.argmax(-1)
 
 
@@ -704,6 +730,90 @@ def bench_e2e(args, dn, dt):
     return out
 
 
+def run_bulk(args):
+    """--bulk: caption args.bulk_images images in batches of args.bulk_batch, batched greedy decoding of
+    exactly args.new_tokens tokens (no EOS stop), once per torch thread count in --bulk-threads.
+    Returns one record (the best thread count's numbers at the top level, every setting in "runs")."""
+    dt = DTYPES[args.bulk_dtype]
+    t0 = time.perf_counter()
+    vis = Vision(args.vision_layers, dt)
+    qf = QFormer(dt)
+    t5 = T5Model(args.t5_layers, dt, encoder=True)
+    build_s = time.perf_counter() - t0
+    log(f"  built vision+qformer+T5 ({args.bulk_dtype}) in {build_s:.1f} s, RSS {rss_gb():.1f} GB")
+    n_img, bs, n_new = args.bulk_images, args.bulk_batch, args.new_tokens
+    pixels = torch.randn(n_img, 3, VIS["image"], VIS["image"]).to(dt)
+    # one prompt for every image (a captioning job): Q-Former text tokens and T5 prompt tokens alike
+    qf_ids = torch.randint(0, QF["vocab"], (1, QF["text"]))
+    t5_ids = torch.randint(0, T5["vocab"], (1, T5["enc_len"] - QF["queries"]))
+    batches = [(i, min(i + bs, n_img)) for i in range(0, n_img, bs)]
+
+    def caption_batch(px):
+        B = px.shape[0]
+        t = [time.perf_counter()]
+        img = vis(px)
+        t.append(time.perf_counter())
+        q = qf(qf_ids.expand(B, -1), img)  # includes language_projection -> [B, 32, 2048]
+        t.append(time.perf_counter())
+        emb = torch.cat([q, F.embedding(t5_ids.expand(B, -1), t5.shared)], dim=1)
+        cross = t5.cross_kv(t5.encode(emb))
+        cache = t5.new_cache(n_new + 1, batch=B)
+        t.append(time.perf_counter())
+        tok = torch.full((B, 1), T5["dec_start"], dtype=torch.long)
+        out = []
+        for i in range(n_new):  # exactly n_new greedy steps for every row, no EOS stop
+            tok = t5.step_batch(tok, i, cache, cross)
+            out.append(tok)
+        t.append(time.perf_counter())
+        seqs = torch.cat(out, dim=1)
+        assert seqs.shape == (B, n_new), seqs.shape
+        d = [(b - a) * 1e3 for a, b in zip(t, t[1:])]
+        return dict(vision_ms=d[0], qformer_ms=d[1], prefill_ms=d[2], decode_ms=d[3]), seqs
+
+    runs = []
+    for threads in args.bulk_threads:
+        torch.set_num_threads(threads)
+        for w in range(args.bulk_warmup):  # untimed: oneDNN builds its kernels for these shapes
+            a, b = batches[w % len(batches)]
+            caption_batch(pixels[a:b])
+        per_batch, tokens = [], 0
+        t_start = time.perf_counter()
+        for a, b in batches:
+            st, seqs = caption_batch(pixels[a:b])
+            per_batch.append(dict(images=b - a, **st))
+            tokens += seqs.numel()
+        total_s = time.perf_counter() - t_start
+        stages = {k: sum(p[k] for p in per_batch) for k in ("vision_ms", "qformer_ms", "prefill_ms", "decode_ms")}
+        steps = n_new * len(batches)
+        r = dict(torch_threads=threads, images_per_minute=n_img / total_s * 60.0, total_s=total_s,
+                 stages_ms=stages, decode_ms_per_step=stages["decode_ms"] / steps,
+                 tokens_generated=tokens, per_batch=per_batch)
+        log(f"  torch threads {threads}: {r['images_per_minute']:.2f} images/min, total {total_s:.1f} s, "
+            + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
+            + f", decode {r['decode_ms_per_step']:.1f} ms/step (batch {bs})")
+        runs.append(r)
+    best = max(runs, key=lambda r: r["images_per_minute"])
+    reduced = args.vision_layers != VIS["layers"] or args.t5_layers != T5["layers"]
+    rec = dict(name="bulk", dtype=args.bulk_dtype, images=n_img, batch=bs, batches=len(batches),
+               new_tokens=n_new, images_per_minute=best["images_per_minute"], total_s=best["total_s"],
+               stages_ms=best["stages_ms"], decode_ms_per_step=best["decode_ms_per_step"],
+               threads=dict(torch_threads=best["torch_threads"], tried=args.bulk_threads,
+                            openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS", ""),
+                            note="bf16 GEMMs run on oneDNN with torch's pool; f32 ones on OpenBLAS"),
+               config=dict(vision_layers=args.vision_layers, t5_layers=args.t5_layers, reduced=reduced,
+                           qformer_text_tokens=QF["text"], encoder_len=T5["enc_len"], warmup_batches=args.bulk_warmup,
+                           build_s=build_s, stages="vision | qformer(+projection) | T5 encoder + cross K/V (prefill) "
+                                                   "| new_tokens batched decoder steps; summed over batches"),
+               runs=runs)
+    if reduced:
+        rec["note"] = "REDUCED: " + "; ".join(s for s in (
+            layer_note(args.vision_layers, VIS["layers"]).replace("layers", "vision layers"),
+            layer_note(args.t5_layers, T5["layers"]).replace("layers", "T5 layers")) if s)
+    del vis, qf, t5, pixels
+    free()
+    return rec
+
+
 BENCH_FNS = dict(vision=bench_vision, qformer=bench_qformer, t5_step=bench_t5_step,
                  llama_step=bench_llama_step, e2e=bench_e2e)
 
@@ -805,7 +915,39 @@ def main():
                          "'linear' = F.linear as HF does (BLAS gemm with M=1), 'mv' = torch.mv (BLAS gemv). "
                          "Each listed mode is timed on the same weights (default: both)")
     ap.add_argument("--json", default=None, help="write results (list of records) to this file")
+    bulk = ap.add_argument_group("bulk captioning throughput (--bulk)")
+    bulk.add_argument("--bulk", action="store_true",
+                      help="caption --bulk-images images in batches of --bulk-batch with batched greedy decoding; "
+                           "prints one JSON line (images/minute, per-stage ms, thread settings) and exits")
+    bulk.add_argument("--new-tokens", type=int, default=20, help="tokens generated per image, exactly (no EOS stop)")
+    bulk.add_argument("--bulk-images", type=int, default=16)
+    bulk.add_argument("--bulk-batch", type=int, default=8)
+    bulk.add_argument("--bulk-dtype", default="bf16", choices=sorted(DTYPES))
+    bulk.add_argument("--bulk-threads", default="2,1",
+                      help="comma list of torch.set_num_threads values to try; the best is reported (default 2,1)")
+    bulk.add_argument("--bulk-warmup", type=int, default=1, help="untimed batches before each timed pass (default 1)")
     args = ap.parse_args()
+
+    if args.bulk:
+        try:
+            args.bulk_threads = [int(t) for t in args.bulk_threads.split(",") if t.strip()]
+        except ValueError:
+            ap.error("--bulk-threads takes a comma list of integers")
+        if (not args.bulk_threads or min(args.bulk_threads) < 1 or args.new_tokens < 1 or args.bulk_images < 1
+                or args.bulk_batch < 1 or args.bulk_warmup < 0):
+            ap.error("--bulk-threads, --new-tokens, --bulk-images and --bulk-batch must be >= 1")
+        LOG["stream"] = sys.stderr
+        torch.manual_seed(0)
+        log(f"[bulk {args.bulk_dtype}] {args.bulk_images} images, batch {args.bulk_batch}, "
+            f"{args.new_tokens} new tokens, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '')}")
+        with torch.inference_mode():
+            rec = run_bulk(args)
+        rec["environment"] = dict(torch=torch.__version__, cpu_count=os.cpu_count(), loadavg=os.getloadavg())
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rec, f, indent=1)
+        print(json.dumps(rec, separators=(",", ":")), flush=True)
+        return
 
     benches = [b.strip() for b in args.only.split(",") if b.strip()]
     for b in benches:

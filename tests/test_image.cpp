@@ -743,6 +743,7 @@ ib::ImageFormat format_from_pillow(const std::string& format) {
   if (format == "BMP") return ib::ImageFormat::Bmp;
   if (format == "TGA") return ib::ImageFormat::Tga;
   if (format == "PPM") return ib::ImageFormat::Pnm;
+  if (format == "WEBP") return ib::ImageFormat::Webp;
   return ib::ImageFormat::Unknown;
 }
 
@@ -797,8 +798,168 @@ TEST(ImagePillowReference, FormatsDetectedAsPillowDoes) {
   }
   // the set covers every container the library decodes
   for (ib::ImageFormat f : {ib::ImageFormat::Jpeg, ib::ImageFormat::Png, ib::ImageFormat::Gif, ib::ImageFormat::Bmp,
-                            ib::ImageFormat::Tga, ib::ImageFormat::Pnm})
+                            ib::ImageFormat::Tga, ib::ImageFormat::Pnm, ib::ImageFormat::Webp})
     EXPECT_GE(seen[f], 3) << ib::image_format_name(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebP: what the webp_* files decode to is held to Pillow above; here what is refused. Pillow
+// (the same libwebp underneath) raises on each of these inputs too.
+
+namespace {
+
+std::vector<std::string> pillow_webp_files() {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(kPillowDir))
+    if (entry.path().extension() == ".webp") files.push_back(entry.path().string());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+/// Decodes from a heap buffer of exactly v.size() bytes (AddressSanitizer sees any over-read).
+ib::Image decode_exact(const std::vector<std::uint8_t>& v, const ib::ImageLoadOptions& opt = {}) {
+  const std::unique_ptr<std::uint8_t[]> exact(new std::uint8_t[v.size()]);
+  std::copy(v.begin(), v.end(), exact.get());
+  return ib::decode_image(exact.get(), v.size(), opt, "test.webp");
+}
+
+void put_le(std::vector<std::uint8_t>& v, std::uint32_t x, int bytes) {
+  for (int i = 0; i < bytes; ++i) v.push_back(std::uint8_t(x >> (8 * i)));
+}
+
+std::vector<std::uint8_t> riff_chunk(const char* fourcc, const std::vector<std::uint8_t>& body) {
+  std::vector<std::uint8_t> v(fourcc, fourcc + 4);
+  put_le(v, std::uint32_t(body.size()), 4);
+  v.insert(v.end(), body.begin(), body.end());
+  if (body.size() % 2) v.push_back(0);
+  return v;
+}
+
+std::vector<std::uint8_t> riff_webp(const std::vector<std::uint8_t>& chunks) {
+  std::vector<std::uint8_t> v = {'R', 'I', 'F', 'F'};
+  put_le(v, std::uint32_t(4 + chunks.size()), 4);
+  v.insert(v.end(), {'W', 'E', 'B', 'P'});
+  v.insert(v.end(), chunks.begin(), chunks.end());
+  return v;
+}
+
+/// An animation on a cw x ch canvas whose one frame is the simple (VP8 / VP8L) WebP file `frame`
+/// of fw x fh pixels, at the origin.
+std::vector<std::uint8_t> webp_animation(std::uint32_t cw, std::uint32_t ch, const std::vector<std::uint8_t>& frame,
+                                         std::uint32_t fw, std::uint32_t fh) {
+  std::vector<std::uint8_t> vp8x = {0x02 | 0x10, 0, 0, 0};
+  put_le(vp8x, cw - 1, 3);
+  put_le(vp8x, ch - 1, 3);
+  std::vector<std::uint8_t> anim = {0, 0, 0, 0, 0, 0};
+  std::vector<std::uint8_t> anmf;
+  put_le(anmf, 0, 3);
+  put_le(anmf, 0, 3);
+  put_le(anmf, fw - 1, 3);
+  put_le(anmf, fh - 1, 3);
+  put_le(anmf, 100, 3);
+  anmf.push_back(0);
+  anmf.insert(anmf.end(), frame.begin() + 12, frame.end());  // the frame's VP8 / VP8L chunk
+  std::vector<std::uint8_t> chunks = riff_chunk("VP8X", vp8x);
+  for (const auto& c : {riff_chunk("ANIM", anim), riff_chunk("ANMF", anmf)})
+    chunks.insert(chunks.end(), c.begin(), c.end());
+  return riff_webp(chunks);
+}
+
+}  // namespace
+
+TEST(ImageFormats, WebpSignature) {
+  EXPECT_STREQ(ib::image_format_name(ib::ImageFormat::Webp), "WebP");
+  const std::vector<std::uint8_t> wave = {'R', 'I', 'F', 'F', 4, 0, 0, 0, 'W', 'A', 'V', 'E', 'f', 'm', 't', ' '};
+  EXPECT_EQ(ib::detect_image_format(wave.data(), wave.size()), ib::ImageFormat::Unknown);
+  EXPECT_THROW(decode_exact(wave), ib::FormatError);
+  const std::vector<std::uint8_t> bare = {'R', 'I', 'F', 'F', 4, 0, 0, 0, 'W', 'E', 'B', 'P'};
+  EXPECT_EQ(ib::detect_image_format(bare.data(), bare.size()), ib::ImageFormat::Webp);
+  EXPECT_EQ(ib::detect_image_format(bare.data(), bare.size() - 1), ib::ImageFormat::Unknown);
+  EXPECT_THROW(decode_exact(bare), ib::FormatError);
+  // a first chunk other than VP8, VP8L or VP8X: not a WebP image for Pillow either
+  auto odd = read_file(kPillowDir + "/webp_lossless.webp");
+  ASSERT_EQ(odd[15], 'L');
+  odd[15] = 'Q';
+  EXPECT_EQ(ib::detect_image_format(odd.data(), odd.size()), ib::ImageFormat::Webp);
+  EXPECT_THROW(decode_exact(odd), ib::FormatError);
+}
+
+TEST(ImageFormats, WebpTruncatedOrWithTrailingBytes) {
+  const auto files = pillow_webp_files();
+  ASSERT_GE(files.size(), 15u);
+  for (const std::string& file : files) {
+    const auto bytes = read_file(file);
+    const ib::Image full = decode_exact(bytes);
+    EXPECT_FALSE(full.empty()) << file;
+    for (std::size_t keep : {bytes.size() - 1, bytes.size() - 2, bytes.size() / 2, std::size_t(30), std::size_t(20),
+                             std::size_t(16), std::size_t(12), std::size_t(4)}) {
+      if (keep >= bytes.size()) continue;
+      EXPECT_THROW(decode_exact(std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + std::ptrdiff_t(keep))),
+                   ib::FormatError)
+          << file << " cut to " << keep << " bytes";
+    }
+    // bytes after the RIFF chunk are ignored, as in Pillow
+    std::vector<std::uint8_t> trailing = bytes;
+    trailing.insert(trailing.end(), {'j', 'u', 'n', 'k', 0, 1, 2, 3});
+    EXPECT_EQ(decode_exact(trailing).rgb, full.rgb) << file;
+  }
+}
+
+TEST(ImageFormats, WebpCorruptBitstreams) {
+  // lossy: the VP8 key frame start code 9d 01 2a
+  auto lossy = read_file(kPillowDir + "/webp_lossy_q50.webp");
+  ASSERT_EQ(lossy[23], 0x9d);
+  EXPECT_NO_THROW(decode_exact(lossy));
+  lossy[23] = 0x9e;
+  EXPECT_THROW(decode_exact(lossy), ib::FormatError);
+  // lossless: the VP8L signature byte 0x2f
+  auto lossless = read_file(kPillowDir + "/webp_lossless.webp");
+  ASSERT_EQ(lossless[20], 0x2f);
+  lossless[20] = 0x2e;
+  EXPECT_THROW(decode_exact(lossless), ib::FormatError);
+  // a RIFF size smaller than the first chunk
+  auto small_riff = read_file(kPillowDir + "/webp_lossy_alpha.webp");
+  small_riff[4] = 12;
+  small_riff[5] = small_riff[6] = small_riff[7] = 0;
+  EXPECT_THROW(decode_exact(small_riff), ib::FormatError);
+  // noise behind each of the three first-chunk tags
+  std::mt19937 rng(99);
+  for (const char* tag : {"VP8 ", "VP8L", "VP8X"}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<std::uint8_t> body(64 + 16 * std::size_t(trial));
+      for (auto& b : body) b = std::uint8_t(rng());
+      EXPECT_THROW(decode_exact(riff_webp(riff_chunk(tag, body))), ib::FormatError) << tag << " " << trial;
+    }
+  }
+}
+
+TEST(ImageFormats, WebpSizeLimitFromTheHeader) {
+  // A lossless bitstream header claiming 16384 x 16384 pixels (2.7e8 > MAX_IMAGE_PIXELS) in 13 bytes.
+  const std::vector<std::uint8_t> vp8l = {0x2f, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0};
+  // A 16384 x 16384 animation canvas around a 1 x 1 frame.
+  const auto one = read_file(kPillowDir + "/webp_1x1_lossless.webp");
+  for (const auto& huge : {riff_webp(riff_chunk("VP8L", vp8l)), webp_animation(16384, 16384, one, 1, 1)}) {
+    try {
+      decode_exact(huge);
+      ADD_FAILURE() << "no exception";
+    } catch (const ib::FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("exceeds the limit"), std::string::npos) << e.what();
+    }
+  }
+  // the same animation on a small canvas decodes: the frame's pixel, the rest transparent black
+  const ib::Image small = decode_exact(webp_animation(3, 2, one, 1, 1));
+  ASSERT_EQ(small.width, 3);
+  ASSERT_EQ(small.height, 2);
+  const ib::Image pixel = decode_exact(one);
+  EXPECT_EQ(std::vector<std::uint8_t>(small.rgb.begin(), small.rgb.begin() + 3), pixel.rgb);
+  EXPECT_EQ(std::vector<std::uint8_t>(small.rgb.begin() + 3, small.rgb.end()), std::vector<std::uint8_t>(15, 0));
+  // the limit is configurable and inclusive
+  const auto big = read_file(kPillowDir + "/webp_333x211_q90.webp");
+  ib::ImageLoadOptions tight;
+  tight.max_pixels = 333 * 211 - 1;
+  EXPECT_THROW(decode_exact(big, tight), ib::FormatError);
+  tight.max_pixels = 333 * 211;
+  EXPECT_EQ(decode_exact(big, tight).width, 333);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Writes small GIF / PNM / BMP / TGA / PNG (and a few JPEG) files to tests/data/images/pillow/ and
+"""Writes small GIF / PNM / BMP / TGA / PNG / WebP (and a few JPEG) files to tests/data/images/pillow/ and
 records what Pillow decodes from each: Image.open(path).convert("RGB"), the conversion that
 instructblip::load_image mirrors (BlipImageProcessor's convert_rgb on a freshly opened file).
 
 Files are written with Pillow where Pillow can write that variant; the rest (interlaced and
 16-bit colour PNG, 1/2/4-bit grey PNG, 4-bit, 16-bit, top-down and RLE BMP, plain and 16-bit
-PNM, GIF frames with offsets / local palettes) are written here by the format's specification.
+PNM, GIF frames with offsets / local palettes, a WebP animation whose first frame is smaller than the
+canvas) are written here by the format's specification.
 The expected pixels always come from Pillow decoding the written file.
 
     /usr/bin/python3 tools/make_image_references.py     # Debian 12: python3-pil (Pillow 9.4), python3-numpy
@@ -331,6 +332,36 @@ def pnm_raw(magic, w, h, maxval, samples):
     return head + b"".join(struct.pack(">H", int(v)) for v in samples)
 
 
+# ---- WebP by the specification ------------------------------------------------------------
+
+def riff_chunk(fourcc, body):
+    return fourcc + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) % 2 else b"")
+
+
+def webp_bitstream_chunks(data):
+    """The chunks of a simple (VP8 / VP8L) WebP file written by Pillow: everything after RIFF....WEBP."""
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] in (b"VP8 ", b"VP8L"), data[:16]
+    return data[12:]
+
+
+def u24(v):
+    return struct.pack("<I", v)[:3]
+
+
+def webp_animation(canvas, frames, background=(0, 0, 0, 0), alpha=True):
+    """frames: list of (x0, y0, simple WebP file bytes of the frame, duration ms); offsets even."""
+    (cw, ch), flags = canvas, 0x02 | (0x10 if alpha else 0)
+    body = riff_chunk(b"VP8X", bytes([flags, 0, 0, 0]) + u24(cw - 1) + u24(ch - 1))
+    b, g, r, a = background[2], background[1], background[0], background[3]
+    body += riff_chunk(b"ANIM", bytes([b, g, r, a]) + struct.pack("<H", 0))
+    for x0, y0, data, duration in frames:
+        with Image.open(io.BytesIO(data)) as im:
+            fw, fh = im.size
+        head = u24(x0 // 2) + u24(y0 // 2) + u24(fw - 1) + u24(fh - 1) + u24(duration) + bytes([0])
+        body += riff_chunk(b"ANMF", head + webp_bitstream_chunks(data))
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
 # ---- the set -------------------------------------------------------------------------------
 
 def pil_bytes(im, fmt, **kw):
@@ -542,6 +573,35 @@ def cases():
     c["jpeg_grey.jpg"] = pil_bytes(im_l, "JPEG", quality=90)
     c["jpeg_cmyk.jpg"] = pil_bytes(Image.fromarray(rgba, "CMYK"), "JPEG", quality=90)
     c["jpeg_progressive.jpg"] = pil_bytes(im_rgb, "JPEG", quality=85, progressive=True)
+
+    # WebP (Pillow's encoder, libwebp): Pillow opens every WebP file with WebPAnimDecoder
+    c["webp_lossy_q50.webp"] = pil_bytes(im_rgb, "WEBP", quality=50)
+    c["webp_lossy_q90.webp"] = pil_bytes(im_rgb, "WEBP", quality=90)
+    c["webp_lossless.webp"] = pil_bytes(im_rgb, "WEBP", lossless=True)
+    # alpha: lossy (VP8X + ALPH), lossless keeping the colour under transparent pixels (exact) or not
+    c["webp_lossy_alpha.webp"] = pil_bytes(im_rgba, "WEBP", quality=80)
+    c["webp_lossless_alpha_exact.webp"] = pil_bytes(im_rgba, "WEBP", lossless=True, exact=True)
+    c["webp_lossless_alpha.webp"] = pil_bytes(im_rgba, "WEBP", lossless=True)
+    c["webp_grey_source.webp"] = pil_bytes(im_l, "WEBP", quality=75)
+    c["webp_1x1_lossy.webp"] = pil_bytes(Image.fromarray(rgb_array(1, 1, 51), "RGB"), "WEBP", quality=90)
+    c["webp_1x1_lossless.webp"] = pil_bytes(Image.fromarray(rgb_array(1, 1, 52), "RGB"), "WEBP", lossless=True)
+    c["webp_17x5_lossy.webp"] = pil_bytes(Image.fromarray(rgb_array(17, 5, 53), "RGB"), "WEBP", quality=70)
+    c["webp_333x211_q90.webp"] = pil_bytes(Image.fromarray(rgb_array(333, 211, 54), "RGB"), "WEBP", quality=90)
+    c["webp_lossy_sharp_method6.webp"] = pil_bytes(im_rgb, "WEBP", quality=60, method=6)
+    # animations: Pillow's encoder (2 frames; lossy, and lossless with alpha), and by hand a first
+    # frame smaller than the canvas, at an offset, over a non-zero background colour
+    frames = [Image.fromarray(rgb_array(19, 13, s), "RGB") for s in (55, 56)]
+    c["webp_animated_2frames.webp"] = pil_bytes(frames[0], "WEBP", save_all=True, append_images=frames[1:],
+                                                duration=50, loop=0, quality=90)
+    aframes = [Image.fromarray(np.dstack([f, indices(19, 13, 256, 57 + i)]), "RGBA") for i, f in
+               enumerate([rgb_array(19, 13, 58), rgb_array(19, 13, 59)])]
+    c["webp_animated_lossless_alpha.webp"] = pil_bytes(aframes[0], "WEBP", save_all=True, append_images=aframes[1:],
+                                                       duration=40, loop=0, lossless=True)
+    first = pil_bytes(Image.fromarray(np.dstack([rgb_array(9, 7, 60), indices(9, 7, 256, 61)]), "RGBA"), "WEBP",
+                      lossless=True)
+    second = pil_bytes(Image.fromarray(rgb_array(16, 12, 62), "RGB"), "WEBP", quality=80)
+    c["webp_animated_offset_first_frame.webp"] = webp_animation((16, 12), [(4, 2, first, 30), (0, 0, second, 30)],
+                                                               background=(200, 100, 50, 255))
     return c
 
 

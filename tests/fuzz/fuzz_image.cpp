@@ -1,4 +1,4 @@
-// libFuzzer harness: image decoding (JPEG, PNG, GIF, BMP, PNM, TGA) and BlipImageProcessor.
+// libFuzzer harness: image decoding (JPEG, PNG, GIF, BMP, PNM, TGA, WebP) and BlipImageProcessor.
 // Input: an encoded image. decode_image runs with a 4-megapixel limit (larger images are refused
 // from the header, so the fuzzer cannot run out of memory); a decoded image is then preprocessed
 // by one of a few processors (sizes, filters and flags picked by the last input byte; large

@@ -499,6 +499,11 @@ def make_image():
     put(d, "tga_32_rle_top.tga", tga(5, 2, 10, 32, rle=True, top=True))
     put(d, "tga_grey.tga", tga(3, 3, 3, 8))
     put(d, "tga_cmap.tga", tga(4, 2, 1, 8, cmap=True))
+    # WebP, written by Pillow (tools/make_image_references.py): lossy, lossless, lossy with alpha
+    # (VP8X + ALPH), an animation whose first frame is smaller than the canvas.
+    for name in ("webp_lossy_q50.webp", "webp_1x1_lossless.webp", "webp_lossy_alpha.webp",
+                 "webp_animated_offset_first_frame.webp"):
+        put(d, name, fixture("images/pillow/" + name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +558,9 @@ def make_dicts():
     dict_file("image", ['"\\x89PNG\\x0d\\x0a\\x1a\\x0a"', '"IHDR"', '"IDAT"', '"PLTE"', '"IEND"', '"tRNS"',
                         '"GIF89a"', '"GIF87a"', '"!\\xf9\\x04"', '"BM"', '"P1"', '"P4"', '"P5"', '"P6"',
                         '"\\xff\\xd8\\xff"', '"\\xff\\xc0"', '"\\xff\\xc2"', '"\\xff\\xc4"', '"\\xff\\xda"',
-                        '"\\xff\\xdb"', '"\\xff\\xd9"', '"\\xff\\xdd"', '"Adobe"', '"\\xff\\xff\\xff\\x7f"'])
+                        '"\\xff\\xdb"', '"\\xff\\xd9"', '"\\xff\\xdd"', '"Adobe"', '"\\xff\\xff\\xff\\x7f"',
+                        '"RIFF"', '"WEBP"', '"VP8 "', '"VP8L"', '"VP8X"', '"ALPH"', '"ANIM"', '"ANMF"',
+                        '"\\x9d\\x01\\x2a"'])
     dict_file("cli_args", ['"\\x00"', '"--model"', '"--image"', '"--prompt"', '"--max-new-tokens"',
                            '"--max-length"', '"--min-length"', '"--min-new-tokens"', '"--num-beams"',
                            '"--length-penalty"', '"--repetition-penalty"', '"--num-return-sequences"',

@@ -5,11 +5,13 @@
 // JPEG goes through libjpeg-turbo with Pillow's settings (ISLOW IDCT, fancy upsampling;
 // CMYK read as Adobe-inverted and converted with Pillow's cmyk2rgb). PNG, GIF (first frame), PNM
 // and palette BMP (also RLE8 / RLE4) are parsed by the library (PNG inflated with stb_image's zlib
-// into a fixed-size buffer); true-colour BMP and TGA go through stb_image. All follow Pillow's
-// modes and convert("RGB") rules: alpha dropped, not composited; palettes looked up (Pillow's
-// grey-ramp default beyond the file's entries, transparency ignored); 16-bit colour reduced to the
-// high byte but 16-bit grey (Pillow mode "I") clipped to 255; PNM samples scaled by maxval as
-// Pillow does. tests/data/images/pillow/ holds the decoders to Pillow's output for each format.
+// into a fixed-size buffer); true-colour BMP and TGA go through stb_image; WebP (lossy, lossless,
+// with alpha, animated: the first frame) through libwebp's WebPAnimDecoder, as Pillow decodes it.
+// All follow Pillow's modes and convert("RGB") rules: alpha dropped, not composited; palettes
+// looked up (Pillow's grey-ramp default beyond the file's entries, transparency ignored); 16-bit
+// colour reduced to the high byte but 16-bit grey (Pillow mode "I") clipped to 255; PNM samples
+// scaled by maxval as Pillow does. tests/data/images/pillow/ holds the decoders to Pillow's output
+// for each format.
 // Every failure is a typed exception: IoError (unreadable file), FormatError (not an image,
 // truncated, hostile, or larger than ImageLoadOptions::max_pixels), InvalidArgument.
 #include <cstddef>
@@ -45,7 +47,7 @@ struct ImageLoadOptions {
   std::uint64_t max_pixels = 89478485;
 };
 
-enum class ImageFormat { Unknown, Jpeg, Png, Bmp, Gif, Tga, Pnm };
+enum class ImageFormat { Unknown, Jpeg, Png, Bmp, Gif, Tga, Pnm, Webp };
 
 /// The container format by its signature (TGA has none: Unknown unless stb_image's probe accepts it).
 ImageFormat detect_image_format(const std::uint8_t* data, std::size_t size);

@@ -65,6 +65,7 @@ const char* image_format_name(ImageFormat format) {
     case ImageFormat::Gif: return "GIF";
     case ImageFormat::Tga: return "TGA";
     case ImageFormat::Pnm: return "PNM";
+    case ImageFormat::Webp: return "WebP";
     case ImageFormat::Unknown: break;
   }
   return "unknown";
@@ -115,6 +116,7 @@ ImageFormat detect_image_format(const std::uint8_t* d, std::size_t n) {
   if (n >= 6 && (std::memcmp(d, "GIF87a", 6) == 0 || std::memcmp(d, "GIF89a", 6) == 0)) return ImageFormat::Gif;
   if (n >= 2 && d[0] == 'B' && d[1] == 'M') return ImageFormat::Bmp;
   if (n >= 2 && d[0] == 'P' && d[1] >= '1' && d[1] <= '6') return ImageFormat::Pnm;
+  if (n >= 12 && std::memcmp(d, "RIFF", 4) == 0 && std::memcmp(d + 8, "WEBP", 4) == 0) return ImageFormat::Webp;
   if (image_detail::looks_like_tga(d, n)) return ImageFormat::Tga;
   return ImageFormat::Unknown;
 }
@@ -130,9 +132,10 @@ Image decode_image(const std::uint8_t* data, std::size_t size, const ImageLoadOp
     case ImageFormat::Bmp: return decode_bmp(data, size, options, name);
     case ImageFormat::Pnm: return decode_pnm(data, size, options, name);
     case ImageFormat::Tga: return decode_tga(data, size, options, name);
+    case ImageFormat::Webp: return decode_webp(data, size, options, name);
     case ImageFormat::Unknown: break;
   }
-  fail(name, "cannot identify image file (not a JPEG, PNG, GIF, BMP, PNM or TGA image)");
+  fail(name, "cannot identify image file (not a JPEG, PNG, GIF, BMP, PNM, WebP or TGA image)");
 }
 
 Image load_image(const std::string& path, const ImageLoadOptions& options) {

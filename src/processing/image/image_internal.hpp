@@ -1,6 +1,6 @@
 #pragma once
 // What the image decoders in src/processing/image/ share (internal: not installed). One file per
-// container: jpeg.cpp, png.cpp, gif.cpp, pnm.cpp, bmp_tga.cpp; image.cpp sniffs the format and
+// container: jpeg.cpp, png.cpp, gif.cpp, pnm.cpp, bmp_tga.cpp, webp.cpp; image.cpp sniffs the format and
 // dispatches, resize.cpp holds Pillow's resampling.
 #include <array>
 #include <cstddef>
@@ -40,6 +40,7 @@ Image decode_gif(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& o
 Image decode_pnm(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name);
 Image decode_bmp(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name);
 Image decode_tga(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name);
+Image decode_webp(const std::uint8_t* d, std::size_t n, const ImageLoadOptions& opt, const std::string& name);
 
 /// Pillow's TgaImagePlugin header checks (TGA has no signature).
 bool looks_like_tga(const std::uint8_t* d, std::size_t n);
