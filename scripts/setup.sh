@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake g++ make pkg-config libeigen3-dev libsentencepiece-dev libstb-dev nlohmann-json3-dev
-          libgtest-dev libbenchmark-dev libjpeg62-turbo-dev libutf8proc-dev clang libclang-rt-14-dev
-          slurm-wlm munge)  # slurm-wlm, munge: the one-node cluster test (tests/cluster, skipped without them)
+          libgtest-dev libbenchmark-dev libjpeg62-turbo-dev libutf8proc-dev clang libclang-rt-14-dev)
 missing=()
+# and for the one-node Slurm cluster test (tests/cluster; skipped without them)
+packages+=(slurm-wlm munge)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

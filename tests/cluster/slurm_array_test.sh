@@ -215,9 +215,7 @@ wait_for 30 "the node to be idle" node_idle
 log "node idle"
 
 # ---- the input folder
-for f in $(cd "$IMAGES" && ls png_*.png bmp_*.bmp | sort | head -n "$N_IMAGES"); do
-  cp "$IMAGES/$f" "$TMP/in/"
-done
+(cd "$IMAGES" && cp $(ls png_*.png bmp_*.bmp | LC_ALL=C sort | head -n "$N_IMAGES") "$TMP/in/")
 INPUT="$TMP/in"
 count="$(find "$INPUT" -type f | wc -l)"
 ((count == N_IMAGES)) || fail "copied $count images from $IMAGES, wanted $N_IMAGES"
