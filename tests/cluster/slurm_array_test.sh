@@ -40,8 +40,9 @@ done
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/ib-slurm.XXXXXX")"
 chmod 0700 "$TMP"
-# Every process started here inherits this marker; the cleanup also finds the slurmstepd and job processes
-# (which slurmd double-forks away from itself) by it.
+# Every process started here inherits this marker; the cleanup also finds the job processes (whose slurmstepd
+# slurmd double-forks away from itself) by it, and the slurmstepds (which clear their environment) by their
+# open files in $TMP.
 export IB_SLURM_TEST_DIR="$TMP"
 MUNGED_PID="" CTLD_PID="" SLURMD_PID=""
 
@@ -60,40 +61,46 @@ descendants() {  # the process ids below $1, depth first
     echo "$c"
   done
 }
-marked_pids() {  # processes carrying IB_SLURM_TEST_DIR=$TMP in their environment (not this shell)
-  local e pid
-  for e in /proc/[0-9]*/environ; do
-    pid="${e#/proc/}"
-    pid="${pid%/environ}"
-    [ "$pid" != "$$" ] && [ "$pid" != "$BASHPID" ] || continue
-    tr '\0' '\n' 2>/dev/null <"$e" | grep -qxF "IB_SLURM_TEST_DIR=$TMP" && echo "$pid"
-  done
+cluster_pids() {  # processes with IB_SLURM_TEST_DIR=$TMP in their environment or a file open in $TMP (not this shell)
+  {
+    grep -lzxF "IB_SLURM_TEST_DIR=$TMP" /proc/[0-9]*/environ 2>/dev/null
+    find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -lname "$TMP/*" 2>/dev/null
+  } | sed -n 's|^/proc/\([0-9]*\)/.*|\1|p' | sort -u | grep -vxF -e "$$" -e "$BASHPID"
   return 0
 }
-stop_pid() {  # TERM a daemon and its children, then KILL what is left after ~5 s
-  local pid="$1" all i
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-  all="$(descendants "$pid") $pid"
-  kill -TERM $all 2>/dev/null || true
+stop_pids() {  # TERM the given daemons and their children, then KILL what is left after ~5 s
+  local pid all="" i alive
+  for pid in "$@"; do
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && all+=" $(descendants "$pid") $pid"
+  done
+  [ -n "$all" ] || return 0
+  kill -TERM $all 2>/dev/null
   for i in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive=0
+    for pid in $all; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
     sleep 0.1
   done
-  kill -KILL $all 2>/dev/null || true
+  kill -KILL $all 2>/dev/null
+  return 0
 }
 cleanup() {
-  local rc=$? pids
+  local rc=$? pids i
   set +e
   trap - EXIT
   export -n IB_SLURM_TEST_DIR  # the processes started from here on are not the cluster's
-  if [ -n "$CTLD_PID" ] && kill -0 "$CTLD_PID" 2>/dev/null; then
+  if [ -n "$CTLD_PID" ] && kill -0 "$CTLD_PID" 2>/dev/null &&
+     [ -n "$(squeue --noheader --format=%i 2>/dev/null)" ]; then
+    # jobs left (a failure or an interrupt mid-run): cancelled while slurmd can still reap them
     scancel --quiet --user=root >/dev/null 2>&1
+    for i in $(seq 50); do
+      [ -z "$(squeue --noheader --format=%i 2>/dev/null)" ] && break
+      sleep 0.2
+    done
   fi
-  stop_pid "$SLURMD_PID"
-  stop_pid "$CTLD_PID"
-  pids="$(marked_pids | grep -vxF "${MUNGED_PID:-none}")"
+  stop_pids "$SLURMD_PID" "$CTLD_PID" "$MUNGED_PID"
+  pids="$(cluster_pids)"
   [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
-  stop_pid "$MUNGED_PID"
   if ((rc != 0 && rc != 77)) || ((FAILED)); then
     for f in "$TMP"/log/*.log "$TMP"/log/*.stdout "$TMP"/jobs/*; do
       [ -f "$f" ] || continue
@@ -145,7 +152,7 @@ chmod 0400 "$TMP/munge/munge.key"
 MUNGE_SOCKET="$TMP/munge/munge.socket"
 # In the foreground (a child of this script, like the Slurm daemons): whatever kills this script's process tree
 # also reaches it.
-munged --foreground --force --socket="$MUNGE_SOCKET" --key-file="$TMP/munge/munge.key" \
+setsid munged --foreground --force --socket="$MUNGE_SOCKET" --key-file="$TMP/munge/munge.key" \
        --pid-file="$TMP/run/munged.pid" --log-file="$TMP/log/munged.log" --seed-file="$TMP/munge/munged.seed" \
        >>"$TMP/log/munged.stdout" 2>&1 &
 MUNGED_PID=$!
@@ -201,9 +208,10 @@ EOF
 : >"$TMP/plugstack.conf"
 
 log "starting slurmctld (port $CTLD_PORT) and slurmd (port $SLURMD_PORT): $HW"
-slurmctld -D -i -f "$SLURM_CONF" >>"$TMP/log/slurmctld.stdout" 2>&1 &
+# setsid: a Ctrl-C on this script reaches the daemons only through the cleanup, which cancels the jobs first.
+setsid slurmctld -D -i -f "$SLURM_CONF" >>"$TMP/log/slurmctld.stdout" 2>&1 &
 CTLD_PID=$!
-slurmd -D -N localhost -f "$SLURM_CONF" >>"$TMP/log/slurmd.stdout" 2>&1 &
+setsid slurmd -D -N localhost -f "$SLURM_CONF" >>"$TMP/log/slurmd.stdout" 2>&1 &
 SLURMD_PID=$!
 
 node_idle() {
@@ -281,7 +289,7 @@ diff <(records_without_ms "$TMP/single.jsonl") <(records_without_ms "$TMP/out1/c
 log "run 1 ok"
 
 # ---- 2. cancel one task once it has written a record, resubmit it alone, merge
-SLOW=(--min-new-tokens 24 --max-new-tokens 24 --quiet)
+SLOW=(--min-new-tokens 3000 --max-new-tokens 3000 --batch-size 2 --quiet)
 log "run 2: slow array, cancel task 1"
 job="$(submit "$TMP/out2" -- "${SLOW[@]}")"
 CUT=1
