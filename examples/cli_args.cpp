@@ -3,11 +3,10 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 
 namespace instructblip::cli {
-
-namespace {
 
 std::int64_t parse_int(const std::string& flag, const std::string& v, std::int64_t lo, std::int64_t hi) {
   if (v.empty()) throw UsageError(flag + ": expected an integer, got an empty value");
@@ -21,8 +20,8 @@ std::int64_t parse_int(const std::string& flag, const std::string& v, std::int64
   return x;
 }
 
-double parse_float(const std::string& flag, const std::string& v, double lo, double hi, bool lo_open = false,
-                   bool hi_open = false) {
+double parse_float(const std::string& flag, const std::string& v, double lo, double hi, bool lo_open,
+                   bool hi_open) {
   if (v.empty()) throw UsageError(flag + ": expected a number, got an empty value");
   char* end = nullptr;
   errno = 0;
@@ -35,14 +34,75 @@ double parse_float(const std::string& flag, const std::string& v, double lo, dou
   return x;
 }
 
-}  // namespace
+bool parse_generation_flag(const std::string& a, const std::function<std::string()>& value, Options& o) {
+  constexpr std::int64_t kMaxTokens = 1 << 16;
+  if (a == "--max-new-tokens") o.max_new_tokens = parse_int(a, value(), 1, kMaxTokens);
+  else if (a == "--max-length") o.max_length = parse_int(a, value(), 1, kMaxTokens);
+  else if (a == "--min-length") o.min_length = parse_int(a, value(), 0, kMaxTokens);
+  else if (a == "--min-new-tokens") o.min_new_tokens = parse_int(a, value(), 0, kMaxTokens);
+  else if (a == "--num-beams") o.num_beams = parse_int(a, value(), 1, 64);
+  else if (a == "--length-penalty") o.length_penalty = parse_float(a, value(), -100.0, 100.0);
+  else if (a == "--repetition-penalty") o.repetition_penalty = parse_float(a, value(), 0.0, 100.0, true);
+  else if (a == "--num-return-sequences") o.num_return_sequences = parse_int(a, value(), 1, 64);
+  else if (a == "--do-sample") o.do_sample = true;
+  else if (a == "--temperature") o.temperature = parse_float(a, value(), 0.0, 100.0, true);
+  else if (a == "--top-k") o.top_k = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
+  else if (a == "--top-p") o.top_p = parse_float(a, value(), 0.0, 1.0);
+  else if (a == "--typical-p") o.typical_p = parse_float(a, value(), 0.0, 1.0, true);
+  else if (a == "--epsilon-cutoff") o.epsilon_cutoff = parse_float(a, value(), 0.0, 1.0, false, true);
+  else if (a == "--eta-cutoff") o.eta_cutoff = parse_float(a, value(), 0.0, 1.0, false, true);
+  else if (a == "--forced-bos-token-id")
+    o.forced_bos_token_id = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
+  else if (a == "--forced-eos-token-id")
+    o.forced_eos_token_id = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
+  else if (a == "--renormalize-logits") o.renormalize_logits = true;
+  else if (a == "--remove-invalid-values") o.remove_invalid_values = true;
+  else if (a == "--max-time") o.max_time = parse_float(a, value(), 0.0, 1e9);
+  else if (a == "--seed") o.seed = std::uint64_t(parse_int(a, value(), 0, std::numeric_limits<std::int64_t>::max()));
+  else if (a == "--threads") o.threads = int(parse_int(a, value(), 1, 1024));
+  else if (a == "--weights") {
+    o.weights = value();
+    if (o.weights != "f32" && o.weights != "bf16" && o.weights != "q8_0" && o.weights != "q4_0")
+      throw UsageError("--weights must be f32, bf16, q8_0 or q4_0, got '" + o.weights + "'");
+  }
+  else return false;
+  return true;
+}
+
+GenerationConfig generation_config(const GenerationConfig& base, const Options& o) {
+  GenerationConfig g = base;
+  if (o.max_length) {
+    g.max_length = *o.max_length;
+    g.max_new_tokens.reset();
+  }
+  if (o.max_new_tokens) g.max_new_tokens = *o.max_new_tokens;
+  if (o.min_length) g.min_length = *o.min_length;
+  if (o.min_new_tokens) g.min_new_tokens = *o.min_new_tokens;
+  if (o.num_beams) g.num_beams = *o.num_beams;
+  if (o.length_penalty) g.length_penalty = *o.length_penalty;
+  if (o.repetition_penalty) g.repetition_penalty = *o.repetition_penalty;
+  if (o.num_return_sequences) g.num_return_sequences = *o.num_return_sequences;
+  if (o.do_sample) g.do_sample = true;
+  if (o.temperature) g.temperature = *o.temperature;
+  if (o.top_k) g.top_k = *o.top_k;
+  if (o.top_p) g.top_p = *o.top_p;
+  if (o.seed) g.seed = *o.seed;
+  if (o.typical_p) g.typical_p = *o.typical_p;
+  if (o.epsilon_cutoff) g.epsilon_cutoff = *o.epsilon_cutoff;
+  if (o.eta_cutoff) g.eta_cutoff = *o.eta_cutoff;
+  if (o.forced_bos_token_id) g.forced_bos_token_id = *o.forced_bos_token_id;
+  if (o.forced_eos_token_id) g.forced_eos_token_id = {*o.forced_eos_token_id};
+  if (o.renormalize_logits) g.renormalize_logits = true;
+  if (o.remove_invalid_values) g.remove_invalid_values = true;
+  if (o.max_time) g.max_time = *o.max_time;
+  return g;
+}
 
 Options parse_args(int argc, const char* const* argv) {
   Options o;
-  constexpr std::int64_t kMaxTokens = 1 << 16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i] ? argv[i] : "";
-    auto value = [&]() -> std::string {
+    const std::function<std::string()> value = [&]() -> std::string {
       if (i + 1 >= argc || !argv[i + 1]) throw UsageError(a + " needs a value");
       return argv[++i];
     };
@@ -51,39 +111,10 @@ Options parse_args(int argc, const char* const* argv) {
     else if (a == "--model" || a == "-m") o.model_dir = value();
     else if (a == "--image" || a == "-i") o.images.push_back(value());
     else if (a == "--prompt" || a == "-p") o.prompts.push_back(value());
-    else if (a == "--max-new-tokens") o.max_new_tokens = parse_int(a, value(), 1, kMaxTokens);
-    else if (a == "--max-length") o.max_length = parse_int(a, value(), 1, kMaxTokens);
-    else if (a == "--min-length") o.min_length = parse_int(a, value(), 0, kMaxTokens);
-    else if (a == "--min-new-tokens") o.min_new_tokens = parse_int(a, value(), 0, kMaxTokens);
-    else if (a == "--num-beams") o.num_beams = parse_int(a, value(), 1, 64);
-    else if (a == "--length-penalty") o.length_penalty = parse_float(a, value(), -100.0, 100.0);
-    else if (a == "--repetition-penalty") o.repetition_penalty = parse_float(a, value(), 0.0, 100.0, true);
-    else if (a == "--num-return-sequences") o.num_return_sequences = parse_int(a, value(), 1, 64);
-    else if (a == "--do-sample") o.do_sample = true;
-    else if (a == "--temperature") o.temperature = parse_float(a, value(), 0.0, 100.0, true);
-    else if (a == "--top-k") o.top_k = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
-    else if (a == "--top-p") o.top_p = parse_float(a, value(), 0.0, 1.0);
-    else if (a == "--typical-p") o.typical_p = parse_float(a, value(), 0.0, 1.0, true);
-    else if (a == "--epsilon-cutoff") o.epsilon_cutoff = parse_float(a, value(), 0.0, 1.0, false, true);
-    else if (a == "--eta-cutoff") o.eta_cutoff = parse_float(a, value(), 0.0, 1.0, false, true);
-    else if (a == "--forced-bos-token-id")
-      o.forced_bos_token_id = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
-    else if (a == "--forced-eos-token-id")
-      o.forced_eos_token_id = parse_int(a, value(), 0, std::numeric_limits<std::int32_t>::max());
-    else if (a == "--renormalize-logits") o.renormalize_logits = true;
-    else if (a == "--remove-invalid-values") o.remove_invalid_values = true;
-    else if (a == "--max-time") o.max_time = parse_float(a, value(), 0.0, 1e9);
-    else if (a == "--seed") o.seed = std::uint64_t(parse_int(a, value(), 0, std::numeric_limits<std::int64_t>::max()));
-    else if (a == "--threads") o.threads = int(parse_int(a, value(), 1, 1024));
-    else if (a == "--weights") {
-      o.weights = value();
-      if (o.weights != "f32" && o.weights != "bf16" && o.weights != "q8_0" && o.weights != "q4_0")
-        throw UsageError("--weights must be f32, bf16, q8_0 or q4_0, got '" + o.weights + "'");
-    }
     else if (a == "--json") o.json = true;
     else if (a == "--dump") o.dump_path = value();
     else if (a == "--quiet" || a == "-q") o.quiet = true;
-    else throw UsageError("unknown option '" + a + "' (see --help)");
+    else if (!parse_generation_flag(a, value, o)) throw UsageError("unknown option '" + a + "' (see --help)");
   }
   if (o.help || o.version) return o;
   if (o.model_dir.empty()) throw UsageError("--model DIR is required");

@@ -2,10 +2,13 @@
 // Command-line options of instructblip-generate, parsed without touching the model, so that the
 // parser can be tested (and fuzzed) on its own.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "instructblip/config.hpp"
 
 namespace instructblip::cli {
 
@@ -41,6 +44,20 @@ struct Options {
 /// Parses argv[1..argc). Throws UsageError for unknown flags, missing or malformed values, values
 /// out of range, and inconsistent image / prompt counts.
 Options parse_args(int argc, const char* const* argv);
+
+/// `v` as an integer in [lo, hi] / a finite number in [lo, hi] (bounds excluded when open), else
+/// UsageError naming `flag`.
+std::int64_t parse_int(const std::string& flag, const std::string& v, std::int64_t lo, std::int64_t hi);
+double parse_float(const std::string& flag, const std::string& v, double lo, double hi, bool lo_open = false,
+                   bool hi_open = false);
+
+/// Parses one generation or model flag (--max-new-tokens ... --max-time, --seed, --threads, --weights) into
+/// `o`, taking its value, if it has one, from `value()` (which throws UsageError when there is none).
+/// Returns false, leaving `o` alone, when `flag` is not one of them. Shared by the tools that generate.
+bool parse_generation_flag(const std::string& flag, const std::function<std::string()>& value, Options& o);
+
+/// `base` (the checkpoint's generation config) with the flags of `o` that were given applied on top.
+GenerationConfig generation_config(const GenerationConfig& base, const Options& o);
 
 /// The --help text.
 std::string usage(const std::string& program);

@@ -26,35 +26,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
-GenerationConfig generation_config(const GenerationConfig& base, const cli::Options& o) {
-  GenerationConfig g = base;
-  if (o.max_length) {
-    g.max_length = *o.max_length;
-    g.max_new_tokens.reset();
-  }
-  if (o.max_new_tokens) g.max_new_tokens = *o.max_new_tokens;
-  if (o.min_length) g.min_length = *o.min_length;
-  if (o.min_new_tokens) g.min_new_tokens = *o.min_new_tokens;
-  if (o.num_beams) g.num_beams = *o.num_beams;
-  if (o.length_penalty) g.length_penalty = *o.length_penalty;
-  if (o.repetition_penalty) g.repetition_penalty = *o.repetition_penalty;
-  if (o.num_return_sequences) g.num_return_sequences = *o.num_return_sequences;
-  if (o.do_sample) g.do_sample = true;
-  if (o.temperature) g.temperature = *o.temperature;
-  if (o.top_k) g.top_k = *o.top_k;
-  if (o.top_p) g.top_p = *o.top_p;
-  if (o.seed) g.seed = *o.seed;
-  if (o.typical_p) g.typical_p = *o.typical_p;
-  if (o.epsilon_cutoff) g.epsilon_cutoff = *o.epsilon_cutoff;
-  if (o.eta_cutoff) g.eta_cutoff = *o.eta_cutoff;
-  if (o.forced_bos_token_id) g.forced_bos_token_id = *o.forced_bos_token_id;
-  if (o.forced_eos_token_id) g.forced_eos_token_id = {*o.forced_eos_token_id};
-  if (o.renormalize_logits) g.renormalize_logits = true;
-  if (o.remove_invalid_values) g.remove_invalid_values = true;
-  if (o.max_time) g.max_time = *o.max_time;
-  return g;
-}
-
 // batch_decode(skip_special_tokens=True). A model's embedding matrix may have more rows than its
 // tokenizer has ids (Flan-T5: 32128 vs 32100); such ids have no text, so they are left out of the
 // printed answer with a warning instead of failing the whole run. `sequences` stay exact.
@@ -103,7 +74,7 @@ int run(const cli::Options& o) {
   log("instructblip-generate: loaded %s (%s language model, %s weights) in %.0f ms\n", o.model_dir.c_str(),
       model.config().text_model_type().c_str(), ops::weight_format_name(model.weight_format()), load_ms);
 
-  const GenerationConfig gen = generation_config(model.generation_config(), o);
+  const GenerationConfig gen = cli::generation_config(model.generation_config(), o);
   const bool stream = !o.json && images.size() == 1 && gen.num_beams == 1 && gen.num_return_sequences == 1;
   // The answer is printed while it is generated: the streamer returns only text that is final.
   TextStreamer streamer(processor.tokenizer(), [](std::string_view piece) {

@@ -5,7 +5,8 @@
 #                  ViT-g shape test) plus a short libFuzzer run of every parser harness
 #                  (tests/fuzz, label "fuzz"); built with clang when its fuzzer runtime is present,
 #                  else with g++ and without the fuzzers.
-#  3. build-tsan/  ThreadSanitizer: one model serving generate() from several threads, the pool.
+#  3. build-tsan/  ThreadSanitizer: one model serving generate() from several threads, the pool, the
+#                  batching engine (submit / stream / cancel / shutdown from other threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="$(nproc)"
@@ -37,6 +38,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Tsan -DCMAKE_CXX_FLAGS_TSAN="-O1 -g1 -fsanitize=thread" \
       -DCMAKE_C_FLAGS_TSAN="-O1 -g1 -fsanitize=thread" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
       -DINSTRUCTBLIP_BUILD_BENCHMARKS=OFF -DINSTRUCTBLIP_BUILD_EXAMPLES=OFF
-cmake --build build-tsan -j"$jobs" --target test_concurrency
+cmake --build build-tsan -j"$jobs" --target test_concurrency test_engine
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  ctest --test-dir build-tsan --output-on-failure -j"$jobs" -R '^(Concurrency|ThreadPool)\.'
+  ctest --test-dir build-tsan --output-on-failure -j"$jobs" \
+    -R '^(Concurrency|ThreadPool)\.|^BatchEngine\.(T5Fixture|Streams|BadImages|Cancel|FullQueue|StopStrings|Shutdown)'

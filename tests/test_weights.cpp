@@ -806,3 +806,42 @@ TEST(Weights, PerCallComputeSelectionIsThreadSafe) {
     EXPECT_FALSE(ops::gemm_bf16_activations());  // the process-wide setting is untouched
   }
 }
+
+// The regimes batched decoding and batched stages rely on: under RowIndependentProducts any
+// number of rows, and under StackedItems(n) each of n stacked items, gets bit for bit what it
+// gets alone — for every weight format.
+TEST(LinearRegimes, RowIndependentAndStackedItemsGiveEachRowWhatItGetsAlone) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  const std::int64_t K = 96, N = 40;
+  Tensor w = Tensor::empty({N, K});
+  for (std::int64_t i = 0; i < N * K; ++i) w.data<float>()[i] = nd(rng);
+  int checked = 0;
+  for (auto f : {ops::WeightFormat::F32, ops::WeightFormat::BF16, ops::WeightFormat::Q8_0, ops::WeightFormat::Q4_0}) {
+    const ops::WeightMatrix W(w, f);
+    MatrixF x(24, K);
+    for (std::int64_t i = 0; i < x.size(); ++i) x.data()[i] = nd(rng);
+    // 3 items of 3 rows: alone each is in the row-by-row regime, the 9 stacked rows are not
+    MatrixF alone(9, N);
+    for (int i = 0; i < 3; ++i) alone.middleRows(3 * i, 3) = ops::linear(x.middleRows(3 * i, 3), W, nullptr);
+    EXPECT_NE(ops::kernel_name(W, 3), ops::kernel_name(W, 9));
+    {
+      ops::StackedItems items(3);
+      EXPECT_EQ(ops::kernel_name(W, 9), ops::kernel_name(W, 3));
+      const MatrixF stacked = ops::linear(x.topRows(9), W, nullptr);
+      EXPECT_EQ((stacked - alone).cwiseAbs().maxCoeff(), 0.0f) << ops::weight_format_name(f);
+    }
+    {
+      ops::RowIndependentProducts rows;
+      EXPECT_TRUE(ops::RowIndependentProducts::active());
+      const MatrixF all = ops::linear(x, W, nullptr);
+      for (std::int64_t r = 0; r < x.rows(); r += 5) {
+        const MatrixF one = ops::linear(x.middleRows(r, 1), W, nullptr);
+        EXPECT_EQ((all.middleRows(r, 1) - one).cwiseAbs().maxCoeff(), 0.0f) << ops::weight_format_name(f);
+      }
+    }
+    EXPECT_FALSE(ops::RowIndependentProducts::active());
+    ++checked;
+  }
+  EXPECT_EQ(checked, 4);
+}

@@ -12,3 +12,4 @@
 #include "instructblip/generation/generate.hpp"
 #include "instructblip/models/instructblip.hpp"
 #include "instructblip/processing/processor.hpp"
+#include "instructblip/engine/batch_engine.hpp"

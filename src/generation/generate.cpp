@@ -234,114 +234,116 @@ void check_generation_size(const GenerationConfig& cfg, std::int64_t B, std::int
   }
 }
 
-GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_embeds, const Tensor& attention_mask,
-                        const GenerationConfig& user_cfg, const GenerateHooks& hooks,
-                        const GenerationLimits& limits) {
-  const GenerationConfig cfg = resolve_generation_config(user_cfg, lm.is_encoder_decoder(), limits);
-  if (!inputs_embeds.defined() || !attention_mask.defined() || inputs_embeds.ndim() != 3 ||
-      attention_mask.ndim() != 2 || attention_mask.dim(0) != inputs_embeds.dim(0) ||
-      attention_mask.dim(1) != inputs_embeds.dim(1))
-    throw InvalidArgument("generate: inputs_embeds must be [B, L, H] and attention_mask [B, L], got " +
-                          shape_str(inputs_embeds.shape()) + " and " + shape_str(attention_mask.shape()));
-  const std::int64_t B = inputs_embeds.dim(0);
-  const std::int64_t V = lm.vocab_size();
-  const std::int64_t start_token = lm.is_encoder_decoder() ? *cfg.decoder_start_token_id : *cfg.bos_token_id;
-  const bool beam = cfg.num_beams > 1;
-  const std::int64_t expand = beam ? cfg.num_beams : cfg.num_return_sequences;
-  const std::int64_t rows = mul_sat(B, expand);
-  const std::int64_t prompt_len = 1;
-  const std::int64_t pad = cfg.pad_token_id.value_or(0);
+// ---- Search: one generate() call, advanced one step at a time ---------------------------------
 
-  // Resource limits, before anything is allocated.
-  check_generation_size(cfg, B, inputs_embeds.dim(1), V, limits);
-
-  auto state = lm.start(inputs_embeds, attention_mask,
-                        std::min<std::int64_t>(cfg.max_length - prompt_len, kInitialCacheTokens));
-  if (expand > 1) {
-    std::vector<std::int64_t> idx;
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t e = 0; e < expand; ++e) idx.push_back(b);
-    lm.select_rows(*state, idx);
-  }
-  // MaxTimeCriteria's clock: transformers creates it after the encoder outputs exist and before
-  // the first decoding step, so it excludes the T5 encoder (run by start()) and includes the LLaMA
-  // prefill (run by the first step()).
-  const auto started = std::chrono::steady_clock::now();
-  std::vector<Seq> seqs(std::size_t(rows), Seq{start_token});
-  const LogitsProcessorList processors = make_logits_processors(cfg, prompt_len);
-  const LogitsProcessorList warpers = cfg.do_sample ? make_logits_warpers(cfg) : LogitsProcessorList();
-  std::mt19937_64 rng(cfg.seed.value_or(0x1b2c3d4e5f60718ull));
+struct Search::Impl {
+  const models::LanguageModel& lm;
+  std::unique_ptr<models::LMState> state;
+  GenerationConfig cfg;
+  GenerateHooks hooks;
+  std::int64_t B = 0, V = 0, rows = 0, K = 1;
+  bool beam = false;
+  static constexpr std::int64_t prompt_len = 1;
+  std::int64_t pad = 0;
+  std::chrono::steady_clock::time_point started;
+  std::vector<Seq> seqs;
+  std::vector<std::int64_t> last;
+  LogitsProcessorList processors, warpers;
+  std::mt19937_64 rng;
   GenerateOutput out;
+  bool finished = false;
+  // greedy / sampling
+  std::vector<char> unfinished;
+  // beam search
+  std::vector<BeamHypotheses> hyps;
+  std::vector<char> done;
+  std::vector<float> beam_scores;
+  std::int64_t n_cand = 0;
 
-  auto aborted = [&] { return hooks.abort && hooks.abort->load(); };
+  Impl(const models::LanguageModel& lm_, std::unique_ptr<models::LMState> st, std::int64_t batch,
+       const GenerationConfig& resolved, const GenerateHooks& h)
+      : lm(lm_), state(std::move(st)), cfg(resolved), hooks(h), B(batch), V(lm_.vocab_size()) {
+    const std::int64_t start_token = lm.is_encoder_decoder() ? *cfg.decoder_start_token_id : *cfg.bos_token_id;
+    beam = cfg.num_beams > 1;
+    const std::int64_t expand = beam ? cfg.num_beams : cfg.num_return_sequences;
+    rows = mul_sat(B, expand);
+    pad = cfg.pad_token_id.value_or(0);
+    if (!state || state->batch() != B)
+      throw InvalidArgument("Search: the language-model state must hold the " + std::to_string(B) + " prompt rows");
+    if (expand > 1) {
+      std::vector<std::int64_t> idx;
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t e = 0; e < expand; ++e) idx.push_back(b);
+      lm.select_rows(*state, idx);
+    }
+    // MaxTimeCriteria's clock: transformers creates it after the encoder outputs exist and before
+    // the first decoding step, so it excludes the T5 encoder (run by start()) and includes the LLaMA
+    // prefill (run by the first step()).
+    started = std::chrono::steady_clock::now();
+    seqs.assign(std::size_t(rows), Seq{start_token});
+    last.assign(std::size_t(rows), start_token);
+    processors = make_logits_processors(cfg, prompt_len);
+    if (cfg.do_sample) warpers = make_logits_warpers(cfg);
+    rng.seed(cfg.seed.value_or(0x1b2c3d4e5f60718ull));
+    if (!beam) {
+      unfinished.assign(std::size_t(rows), 1);
+    } else {
+      K = cfg.num_beams;
+      for (std::int64_t b = 0; b < B; ++b) hyps.emplace_back(K, cfg.length_penalty, cfg.early_stopping, cfg.max_length);
+      done.assign(std::size_t(B), 0);
+      beam_scores.assign(std::size_t(rows), 0.0f);
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t k = 1; k < K; ++k) beam_scores[std::size_t(b * K + k)] = -1e9f;
+      const std::int64_t n_eos = std::int64_t(cfg.eos_token_id.size());
+      // transformers keeps max(2, 1 + #eos) * num_beams candidates; never more than there are.
+      n_cand = std::min<std::int64_t>(mul_sat(std::max<std::int64_t>(2, 1 + n_eos), K), K * V);
+    }
+  }
+
   // MaxTimeCriteria: checked after every step, true once more than max_time seconds have passed.
-  auto out_of_time = [&] {
+  bool out_of_time() const {
     return cfg.max_time &&
            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() > *cfg.max_time;
-  };
+  }
 
-  if (!beam) {
-    // ---- greedy search / multinomial sampling --------------------------------------------
-    std::vector<char> unfinished(std::size_t(rows), 1);
-    std::vector<std::int64_t> last(std::size_t(rows), start_token);
-    for (;;) {
-      if (aborted()) {
-        out.aborted = true;
-        break;
+  void check_logits(const Tensor& logits) const {
+    if (!logits.defined() || logits.dtype() != DType::F32 || logits.shape() != Shape{rows, V})
+      throw InvalidArgument("Search: a step's logits must be F32 " + shape_str({rows, V}) + ", got " +
+                            (logits.defined() ? shape_str(logits.shape()) : std::string("undefined")));
+  }
+
+  // ---- greedy search / multinomial sampling --------------------------------------------
+  bool advance_greedy(const Tensor& logits) {
+    Tensor scores = copy_rows(logits);
+    float* S = scores.data<float>();
+    std::vector<std::int64_t> next(static_cast<std::size_t>(rows));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      float* s = S + r * V;
+      processors.apply(seqs[std::size_t(r)], s, V);
+      if (cfg.do_sample) {
+        warpers.apply(seqs[std::size_t(r)], s, V);
+        next[std::size_t(r)] = sample_from(s, V, rng);
+      } else {
+        next[std::size_t(r)] = argmax(s, V);
       }
-      Tensor logits = lm.step(*state, last);
-      ++out.steps;
-      Tensor scores = copy_rows(logits);
-      float* S = scores.data<float>();
-      std::vector<std::int64_t> next(static_cast<std::size_t>(rows));
-      for (std::int64_t r = 0; r < rows; ++r) {
-        float* s = S + r * V;
-        processors.apply(seqs[std::size_t(r)], s, V);
-        if (cfg.do_sample) {
-          warpers.apply(seqs[std::size_t(r)], s, V);
-          next[std::size_t(r)] = sample_from(s, V, rng);
-        } else {
-          next[std::size_t(r)] = argmax(s, V);
-        }
-      }
-      if (cfg.output_scores) out.scores.push_back(scores);
-      bool any = false;
-      for (std::int64_t r = 0; r < rows; ++r) {
-        std::int64_t t = next[std::size_t(r)];
-        if (!cfg.eos_token_id.empty() && !unfinished[std::size_t(r)]) t = pad;
-        next[std::size_t(r)] = t;
-        seqs[std::size_t(r)].push_back(t);
-        if (is_eos(cfg, t)) unfinished[std::size_t(r)] = 0;
-        any = any || unfinished[std::size_t(r)];
-      }
-      if (hooks.on_tokens) hooks.on_tokens(next);
-      last = next;
-      if (!any || std::int64_t(seqs[0].size()) >= cfg.max_length || out_of_time()) break;
     }
-    out.sequences = std::move(seqs);
-    return out;
+    if (cfg.output_scores) out.scores.push_back(scores);
+    bool any = false;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::int64_t t = next[std::size_t(r)];
+      if (!cfg.eos_token_id.empty() && !unfinished[std::size_t(r)]) t = pad;
+      next[std::size_t(r)] = t;
+      seqs[std::size_t(r)].push_back(t);
+      if (is_eos(cfg, t)) unfinished[std::size_t(r)] = 0;
+      any = any || unfinished[std::size_t(r)];
+    }
+    if (hooks.on_tokens) hooks.on_tokens(next);
+    last = next;
+    return !any || std::int64_t(seqs[0].size()) >= cfg.max_length || out_of_time();
   }
 
   // ---- beam search / beam sampling (BeamSearchScorer) --------------------------------------
-  const std::int64_t K = cfg.num_beams;
-  std::vector<BeamHypotheses> hyps;
-  for (std::int64_t b = 0; b < B; ++b) hyps.emplace_back(K, cfg.length_penalty, cfg.early_stopping, cfg.max_length);
-  std::vector<char> done(std::size_t(B), 0);
-  std::vector<float> beam_scores(std::size_t(rows), 0.0f);
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t k = 1; k < K; ++k) beam_scores[std::size_t(b * K + k)] = -1e9f;
-  std::vector<std::int64_t> last(std::size_t(rows), start_token);
-  const std::int64_t n_eos = std::int64_t(cfg.eos_token_id.size());
-  // transformers keeps max(2, 1 + #eos) * num_beams candidates; never more than there are.
-  const std::int64_t n_cand = std::min<std::int64_t>(mul_sat(std::max<std::int64_t>(2, 1 + n_eos), K), K * V);
-
-  for (;;) {
-    if (aborted()) {
-      out.aborted = true;
-      break;
-    }
-    Tensor logits = lm.step(*state, last);
-    ++out.steps;
+  bool advance_beam(const Tensor& logits) {
     Tensor scores = Tensor::empty({rows, V});
     float* S = scores.data<float>();
     const float* L = logits.data<float>();
@@ -418,41 +420,100 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
     beam_scores = next_scores;
     last = next_tokens;
     const bool all_done = std::all_of(done.begin(), done.end(), [](char d) { return d != 0; });
-    if (all_done || std::int64_t(seqs[0].size()) >= cfg.max_length || out_of_time()) break;
+    if (all_done || std::int64_t(seqs[0].size()) >= cfg.max_length || out_of_time()) return true;
     lm.select_rows(*state, next_rows);
+    return false;
   }
 
   // finalize: open beams join the hypotheses, the best num_return_sequences are returned
-  for (std::int64_t b = 0; b < B; ++b) {
-    if (done[std::size_t(b)]) continue;
-    for (std::int64_t k = 0; k < K; ++k) {
-      const Seq& s = seqs[std::size_t(b * K + k)];
-      hyps[std::size_t(b)].add(s, beam_scores[std::size_t(b * K + k)], std::int64_t(s.size()) - prompt_len);
+  void finish_beam() {
+    for (std::int64_t b = 0; b < B; ++b) {
+      if (done[std::size_t(b)]) continue;
+      for (std::int64_t k = 0; k < K; ++k) {
+        const Seq& s = seqs[std::size_t(b * K + k)];
+        hyps[std::size_t(b)].add(s, beam_scores[std::size_t(b * K + k)], std::int64_t(s.size()) - prompt_len);
+      }
     }
-  }
-  std::vector<Seq> best;
-  for (std::int64_t b = 0; b < B; ++b) {
-    std::vector<Hyp> sorted = hyps[std::size_t(b)].beams();
-    std::stable_sort(sorted.begin(), sorted.end(), [](const Hyp& a, const Hyp& c) { return a.score < c.score; });
-    for (std::int64_t j = 0; j < cfg.num_return_sequences; ++j) {
-      best.push_back(sorted.back().tokens);
-      out.sequences_scores.push_back(sorted.back().score);
-      sorted.pop_back();
+    std::vector<Seq> best;
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::vector<Hyp> sorted = hyps[std::size_t(b)].beams();
+      std::stable_sort(sorted.begin(), sorted.end(), [](const Hyp& a, const Hyp& c) { return a.score < c.score; });
+      for (std::int64_t j = 0; j < cfg.num_return_sequences; ++j) {
+        best.push_back(sorted.back().tokens);
+        out.sequences_scores.push_back(sorted.back().score);
+        sorted.pop_back();
+      }
     }
+    std::size_t max_len = 0, min_len = std::numeric_limits<std::size_t>::max();
+    for (const auto& s : best) {
+      max_len = std::max(max_len, s.size());
+      min_len = std::min(min_len, s.size());
+    }
+    const std::size_t width = std::min<std::size_t>(max_len + 1, std::size_t(cfg.max_length));
+    for (auto& s : best) {
+      if (s.size() < width) s.push_back(cfg.eos_token_id.front());
+      if (min_len != max_len) s.resize(width, pad);
+      else s.resize(std::min(width, s.size()));
+    }
+    out.sequences = std::move(best);
   }
-  std::size_t max_len = 0, min_len = std::numeric_limits<std::size_t>::max();
-  for (const auto& s : best) {
-    max_len = std::max(max_len, s.size());
-    min_len = std::min(min_len, s.size());
+};
+
+Search::Search(const models::LanguageModel& lm, std::unique_ptr<models::LMState> state, std::int64_t batch,
+               const GenerationConfig& resolved, const GenerateHooks& hooks)
+    : impl_(std::make_unique<Impl>(lm, std::move(state), batch, resolved, hooks)) {}
+Search::Search(Search&&) noexcept = default;
+Search& Search::operator=(Search&&) noexcept = default;
+Search::~Search() = default;
+
+models::LMState& Search::state() { return *impl_->state; }
+const std::vector<std::int64_t>& Search::next_inputs() const { return impl_->last; }
+std::int64_t Search::rows() const { return impl_->rows; }
+std::int64_t Search::steps() const { return impl_->out.steps; }
+bool Search::done() const { return impl_->finished; }
+const std::vector<std::vector<std::int64_t>>& Search::running_sequences() const { return impl_->seqs; }
+const std::vector<char>& Search::unfinished_rows() const { return impl_->unfinished; }
+
+bool Search::advance(const Tensor& logits) {
+  Impl& s = *impl_;
+  if (s.finished) throw InvalidArgument("Search::advance: generation is over");
+  s.check_logits(logits);
+  ++s.out.steps;
+  s.finished = s.beam ? s.advance_beam(logits) : s.advance_greedy(logits);
+  return s.finished;
+}
+
+GenerateOutput Search::finish(bool aborted) {
+  Impl& s = *impl_;
+  s.finished = true;
+  s.out.aborted = aborted;
+  if (s.beam) s.finish_beam();
+  else s.out.sequences = s.seqs;
+  return std::move(s.out);
+}
+
+GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_embeds, const Tensor& attention_mask,
+                        const GenerationConfig& user_cfg, const GenerateHooks& hooks,
+                        const GenerationLimits& limits) {
+  const GenerationConfig cfg = resolve_generation_config(user_cfg, lm.is_encoder_decoder(), limits);
+  if (!inputs_embeds.defined() || !attention_mask.defined() || inputs_embeds.ndim() != 3 ||
+      attention_mask.ndim() != 2 || attention_mask.dim(0) != inputs_embeds.dim(0) ||
+      attention_mask.dim(1) != inputs_embeds.dim(1))
+    throw InvalidArgument("generate: inputs_embeds must be [B, L, H] and attention_mask [B, L], got " +
+                          shape_str(inputs_embeds.shape()) + " and " + shape_str(attention_mask.shape()));
+  const std::int64_t B = inputs_embeds.dim(0);
+  // Resource limits, before anything is allocated.
+  check_generation_size(cfg, B, inputs_embeds.dim(1), lm.vocab_size(), limits);
+  Search search(lm, lm.start(inputs_embeds, attention_mask, initial_cache_tokens(cfg)), B, cfg, hooks);
+  for (;;) {
+    if (hooks.abort && hooks.abort->load()) return search.finish(/*aborted=*/true);
+    if (search.advance(lm.step(search.state(), search.next_inputs()))) break;
   }
-  const std::size_t width = std::min<std::size_t>(max_len + 1, std::size_t(cfg.max_length));
-  for (auto& s : best) {
-    if (s.size() < width) s.push_back(cfg.eos_token_id.front());
-    if (min_len != max_len) s.resize(width, pad);
-    else s.resize(std::min(width, s.size()));
-  }
-  out.sequences = std::move(best);
-  return out;
+  return search.finish();
+}
+
+std::int64_t initial_cache_tokens(const GenerationConfig& resolved) {
+  return std::min<std::int64_t>(resolved.max_length - 1, kInitialCacheTokens);
 }
 
 }  // namespace instructblip::generation

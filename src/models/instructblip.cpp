@@ -219,18 +219,15 @@ struct InstructBlipForConditionalGeneration::Impl {
                         " (weights of another architecture or size, or a config.json that does not belong to them)");
   }
 
-  // image -> queries -> projection -> cat with the prompt's embeddings
-  Prompt prepare(const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
-                 const Tensor& input_ids_in, const Tensor& attention_mask_in, bool hidden,
-                 models::VisionOutput* vision_out, models::QFormerOutput* qformer_out, Tensor* lmi_out,
-                 StageTimings* timings) const {
-    if (!pixel_values.defined() || pixel_values.ndim() != 4)
-      throw InvalidArgument("pixel_values must be [B, 3, H, W], got " +
-                            (pixel_values.defined() ? shape_str(pixel_values.shape()) : std::string("undefined")));
-    const std::int64_t B = pixel_values.dim(0);
+  struct Text {
+    Tensor input_ids, mask, qformer_mask;  // qformer_mask undefined without qformer_input_ids
+  };
+
+  // Everything about the text of B images, checked before the (expensive) vision encoder runs.
+  Text check_text(std::int64_t B, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
+                  const Tensor& input_ids_in, const Tensor& attention_mask_in) const {
     if (B > limits.max_rows)
       throw InvalidArgument(over_limit("the image batch", B, "max_rows", limits.max_rows));
-    // Everything about the text is checked before the (expensive) vision encoder runs.
     if (qformer_input_ids.defined()) {
       if (qformer_input_ids.dtype() != DType::I64 || qformer_input_ids.ndim() != 2 || qformer_input_ids.dim(0) != B)
         throw InvalidArgument("qformer_input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
@@ -243,30 +240,54 @@ struct InstructBlipForConditionalGeneration::Impl {
                               "); shorten the instruction or encode it with ProcessorOptions::truncation");
       check_ids(qformer_input_ids, config.qformer_config.vocab_size, "qformer_input_ids", "qformer_config.vocab_size");
     }
-    Tensor input_ids = input_ids_in;
-    if (!input_ids.defined()) {
+    Text t;
+    t.input_ids = input_ids_in;
+    if (!t.input_ids.defined()) {
       const auto bos = config.text_bos_token_id();
       if (!bos) throw InvalidArgument("input_ids not given and the text config has no bos_token_id");
-      input_ids = Tensor::from_vector({B, 1}, std::vector<std::int64_t>(std::size_t(B), *bos));
+      t.input_ids = Tensor::from_vector({B, 1}, std::vector<std::int64_t>(std::size_t(B), *bos));
     }
-    if (input_ids.ndim() != 2 || input_ids.dim(0) != B || input_ids.dtype() != DType::I64)
+    if (t.input_ids.ndim() != 2 || t.input_ids.dim(0) != B || t.input_ids.dtype() != DType::I64)
       throw InvalidArgument("input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
-                            shape_str(input_ids.shape()));
-    check_prompt_length(input_ids.dim(1));
-    check_ids(input_ids, lm->vocab_size(), "input_ids", "the language model's vocab_size");
-    Tensor mask = as_int64_mask(attention_mask_in, input_ids, "attention_mask");
+                            shape_str(t.input_ids.shape()));
+    check_prompt_length(t.input_ids.dim(1));
+    check_ids(t.input_ids, lm->vocab_size(), "input_ids", "the language model's vocab_size");
+    t.mask = as_int64_mask(attention_mask_in, t.input_ids, "attention_mask");
+    if (qformer_input_ids.defined())
+      t.qformer_mask = as_int64_mask(qformer_attention_mask, qformer_input_ids, "qformer_attention_mask");
+    return t;
+  }
+
+  static void check_pixels(const Tensor& pixel_values) {
+    if (!pixel_values.defined() || pixel_values.ndim() != 4)
+      throw InvalidArgument("pixel_values must be [B, 3, H, W], got " +
+                            (pixel_values.defined() ? shape_str(pixel_values.shape()) : std::string("undefined")));
+  }
+
+  // queries -> projection -> cat with the prompt's embeddings, from the vision encoder's output
+  Prompt from_image_embeds(const Tensor& image_embeds, const Tensor& qformer_input_ids, const Text& text,
+                           bool hidden, models::QFormerOutput* qformer_out, Tensor* lmi_out) const {
+    *qformer_out =
+        qformer->forward(projector->query_tokens(), qformer_input_ids, text.qformer_mask, image_embeds, hidden);
+    *lmi_out = projector->project(qformer_out->last_hidden_state);
+    Prompt p;
+    concat_prompt(*lmi_out, lm->embed(text.input_ids), text.mask, &p.embeds, &p.mask);
+    return p;
+  }
+
+  // image -> queries -> projection -> cat with the prompt's embeddings
+  Prompt prepare(const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
+                 const Tensor& input_ids_in, const Tensor& attention_mask_in, bool hidden,
+                 models::VisionOutput* vision_out, models::QFormerOutput* qformer_out, Tensor* lmi_out,
+                 StageTimings* timings) const {
+    check_pixels(pixel_values);
+    const Text text =
+        check_text(pixel_values.dim(0), qformer_input_ids, qformer_attention_mask, input_ids_in, attention_mask_in);
     auto t = Clock::now();
     *vision_out = vision->forward(pixel_values, hidden);
     if (timings) timings->vision_ms += ms_since(t);
     t = Clock::now();
-    Tensor qmask = qformer_input_ids.defined()
-                       ? as_int64_mask(qformer_attention_mask, qformer_input_ids, "qformer_attention_mask")
-                       : Tensor();
-    *qformer_out = qformer->forward(projector->query_tokens(), qformer_input_ids, qmask, vision_out->last_hidden_state,
-                                    hidden);
-    *lmi_out = projector->project(qformer_out->last_hidden_state);
-    Prompt p;
-    concat_prompt(*lmi_out, lm->embed(input_ids), mask, &p.embeds, &p.mask);
+    Prompt p = from_image_embeds(vision_out->last_hidden_state, qformer_input_ids, text, hidden, qformer_out, lmi_out);
     if (timings) timings->qformer_ms += ms_since(t);
     return p;
   }
@@ -400,14 +421,40 @@ generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
   tr->qformer_last_hidden_state = qf.last_hidden_state;
   TracingLM lm(*impl_->lm, tr);
   generation::GenerateOutput out = generation::generate(lm, p.embeds, p.mask, generation_config, hooks, impl_->limits);
-  if (impl_->config.is_llama()) {
-    const auto& arch = impl_->config.llama().architectures;
-    if (!arch.empty() && arch.front() == "LLaMAForCausalLM")
-      for (auto& row : out.sequences)
-        for (auto& id : row)
-          if (id == 0) id = 2;
-  }
+  if (maps_pad_to_eos())
+    for (auto& row : out.sequences)
+      for (auto& id : row)
+        if (id == 0) id = 2;
   return out;
+}
+
+Tensor InstructBlipForConditionalGeneration::encode_images(const Tensor& pixel_values) const {
+  Impl::check_pixels(pixel_values);
+  if (pixel_values.dim(0) > impl_->limits.max_rows)
+    throw InvalidArgument(over_limit("the image batch", pixel_values.dim(0), "max_rows", impl_->limits.max_rows));
+  return impl_->vision->forward(pixel_values, false).last_hidden_state;
+}
+
+LanguageModelPrompt InstructBlipForConditionalGeneration::language_model_prompt(
+    const Tensor& image_embeds, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
+    const Tensor& input_ids, const Tensor& attention_mask) const {
+  const auto& vc = impl_->config.vision_config;
+  if (!image_embeds.defined() || image_embeds.dtype() != DType::F32 || image_embeds.ndim() != 3 ||
+      image_embeds.dim(2) != vc.hidden_size || image_embeds.dim(0) < 1)
+    throw InvalidArgument("image_embeds must be F32 [B, positions, " + std::to_string(vc.hidden_size) + "], got " +
+                          (image_embeds.defined() ? shape_str(image_embeds.shape()) : std::string("undefined")));
+  const Impl::Text text =
+      impl_->check_text(image_embeds.dim(0), qformer_input_ids, qformer_attention_mask, input_ids, attention_mask);
+  models::QFormerOutput qf;
+  Tensor lmi;
+  Impl::Prompt p = impl_->from_image_embeds(image_embeds, qformer_input_ids, text, false, &qf, &lmi);
+  return {p.embeds, p.mask};
+}
+
+bool InstructBlipForConditionalGeneration::maps_pad_to_eos() const {
+  if (!impl_->config.is_llama()) return false;
+  const auto& arch = impl_->config.llama().architectures;
+  return !arch.empty() && arch.front() == "LLaMAForCausalLM";
 }
 
 generation::GenerateOutput InstructBlipForConditionalGeneration::generate(const ProcessorOutput& inputs,

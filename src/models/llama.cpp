@@ -85,6 +85,18 @@ struct LlamaModel::Impl {
   /// ([B, T, H] each).
   void run_layers(float* h, std::int64_t B, std::int64_t T, const std::int64_t* positions,
                   const std::vector<std::vector<std::uint8_t>>& key_valid, layers::KVCache& cache,
+                  std::vector<Tensor>* hidden) const {
+    run_layers(h, {Segment{B, &key_valid, &cache}}, T, positions, hidden);
+  }
+  /// Rows of one state in a batched call: B rows, their key validity and cache.
+  struct Segment {
+    std::int64_t B;
+    const std::vector<std::vector<std::uint8_t>>* key_valid;
+    layers::KVCache* cache;
+  };
+  /// The same for several states whose rows follow one another in `h` (T positions each): the
+  /// projections run once over all rows, attention per state against its own cache.
+  void run_layers(float* h, const std::vector<Segment>& segments, std::int64_t T, const std::int64_t* positions,
                   std::vector<Tensor>* hidden) const;
   void final_norm(const float* h, std::int64_t rows, float* out) const {
     ops::rms_norm<float>(ConstMatrixMap<float>(h, rows, H), norm.data<float>(), eps, MatrixMap<float>(out, rows, H));
@@ -271,13 +283,14 @@ void LlamaModel::Impl::embed_rows(const std::int64_t* ids, std::int64_t n, float
   for (std::int64_t i = 0; i < n; ++i) bf16_to_f32_run(tab + ids[i] * H, out + i * H, H);
 }
 
-void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, const std::int64_t* positions,
-                                  const std::vector<std::vector<std::uint8_t>>& key_valid, layers::KVCache& cache,
-                                  std::vector<Tensor>* hidden) const {
-  const std::int64_t R = B * T;
-  const std::int64_t past = cache.length();
-  const std::int64_t Lk = past + T;
-  cache.reserve(Lk);
+void LlamaModel::Impl::run_layers(float* h, const std::vector<Segment>& segments, std::int64_t T,
+                                  const std::int64_t* positions, std::vector<Tensor>* hidden) const {
+  std::int64_t R = 0;
+  for (const Segment& sg : segments) {
+    R += sg.B * T;
+    sg.cache->reserve(sg.cache->length() + T);
+  }
+  const std::int64_t B = R / T;  // rows over all segments
   std::vector<float> xn(std::size_t(R * H)), q(std::size_t(R * nh * hd)), k(std::size_t(R * kvdim)),
       v(std::size_t(R * kvdim)), att(std::size_t(R * nh * hd)), tmp(std::size_t(R * H)), g(std::size_t(R * I)),
       u(std::size_t(R * I));
@@ -288,6 +301,10 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
   constexpr std::int64_t kQueryChunk = 256;
   const std::int64_t chunk = std::min(T, kQueryChunk);
   const std::int64_t nchunks = (T + chunk - 1) / chunk;
+  // (segment, row within it) of every row
+  std::vector<std::pair<std::size_t, std::int64_t>> row_of;
+  for (std::size_t s = 0; s < segments.size(); ++s)
+    for (std::int64_t b = 0; b < segments[s].B; ++b) row_of.emplace_back(s, b);
 
   ops::AttentionOptions<float> ao;
   ao.num_heads = int(nh);
@@ -310,14 +327,19 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
     ops::rope<float>(MatrixMap<float>(q.data(), R, nh * hd), positions, int(nh), int(hd), theta);
     ops::rope<float>(MatrixMap<float>(k.data(), R, kvdim), positions, int(nkv), int(hd), theta);
     const std::int64_t li = std::int64_t(l);
-    for (std::int64_t b = 0; b < B; ++b)
-      cache.write(li, b, k.data() + b * T * kvdim, v.data() + b * T * kvdim, T);
+    for (std::int64_t r = 0; r < B; ++r) {
+      const auto [sg, b] = row_of[std::size_t(r)];
+      segments[sg].cache->write(li, b, k.data() + r * T * kvdim, v.data() + r * T * kvdim, T);
+    }
     parallel_for(0, B * nchunks, 1, [&](std::int64_t t0, std::int64_t t1) {
       std::vector<float> mask;
       for (std::int64_t t = t0; t < t1; ++t) {
-        const std::int64_t b = t / nchunks, i0 = (t % nchunks) * chunk, n = std::min(chunk, T - i0);
+        const std::int64_t r = t / nchunks, i0 = (t % nchunks) * chunk, n = std::min(chunk, T - i0);
+        const auto [sg, b] = row_of[std::size_t(r)];
+        const layers::KVCache& cache = *segments[sg].cache;
+        const std::int64_t past = cache.length(), Lk = past + T;
         mask.resize(std::size_t(n * Lk));
-        const std::uint8_t* valid = key_valid[std::size_t(b)].data();
+        const std::uint8_t* valid = (*segments[sg].key_valid)[std::size_t(b)].data();
         for (std::int64_t i = 0; i < n; ++i) {
           float* m = mask.data() + i * Lk;
           const std::int64_t last = past + i0 + i;  // the query's own position: keys after it are future
@@ -325,11 +347,11 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
         }
         ops::AttentionOptions<float> o = ao;
         o.mask = mask.data();
-        const std::int64_t r0 = b * T + i0;  // first query row
-        ops::attention<float>(ConstMatrixMap<float>(q.data() + r0 * nh * hd, n, nh * hd),
+        const std::int64_t q0 = r * T + i0;  // first query row
+        ops::attention<float>(ConstMatrixMap<float>(q.data() + q0 * nh * hd, n, nh * hd),
                               ops::In<float>(cache.keys(li, b).topRows(Lk)),
                               ops::In<float>(cache.values(li, b).topRows(Lk)), o,
-                              MatrixMap<float>(att.data() + r0 * nh * hd, n, nh * hd));
+                              MatrixMap<float>(att.data() + q0 * nh * hd, n, nh * hd));
       }
     });
     dense(L.o, att.data(), R, tmp.data());
@@ -343,7 +365,7 @@ void LlamaModel::Impl::run_layers(float* h, std::int64_t B, std::int64_t T, cons
     dense(L.down, g.data(), R, tmp.data());
     hm += ConstMatrixMap<float>(tmp.data(), R, H);
   }
-  cache.advance(T);
+  for (const Segment& sg : segments) sg.cache->advance(T);
 }
 
 Tensor LlamaModel::embed(const Tensor& input_ids) const {
@@ -447,18 +469,49 @@ std::unique_ptr<LMState> LlamaModel::start(const Tensor& inputs_embeds, const Te
 }
 
 Tensor LlamaModel::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
-  const Impl& m = *impl_;
-  auto* ls = dynamic_cast<LlamaState*>(&state);
-  if (!ls || ls->d_->model != &m)
-    throw InvalidArgument("LlamaModel::step: the state was not created by this model's start()");
-  LlamaState::Data& d = *ls->d_;
-  const std::int64_t B = d.B, H = m.H, V = m.V;
-  const std::size_t nl = m.layers.size();
-  std::vector<float> last(std::size_t(B * H));
+  return std::move(step_batch({&state}, {tokens}).front());
+}
 
-  if (!d.prefilled) {
-    // Prefill: generate()'s positions cumsum(mask) - 1, pads -> 1.
-    const std::int64_t L = d.L;
+std::vector<Tensor> LlamaModel::step_batch(const std::vector<LMState*>& states,
+                                           const std::vector<std::vector<std::int64_t>>& tokens) const {
+  const Impl& m = *impl_;
+  const std::int64_t H = m.H, V = m.V;
+  const std::size_t nl = m.layers.size();
+  if (tokens.size() != states.size())
+    throw InvalidArgument("LlamaModel::step: " + std::to_string(tokens.size()) + " token lists for " +
+                          std::to_string(states.size()) + " states");
+  std::vector<LlamaState::Data*> data;
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    auto* ls = states[i] ? dynamic_cast<LlamaState*>(states[i]) : nullptr;
+    if (!ls || ls->d_->model != &m)
+      throw InvalidArgument("LlamaModel::step: the state was not created by this model's start()");
+    LlamaState::Data* d = ls->d_.get();
+    if (std::find(data.begin(), data.end(), d) != data.end())
+      throw InvalidArgument("LlamaModel::step: a state is given twice");
+    if (d->prefilled && std::int64_t(tokens[i].size()) != d->B)
+      throw InvalidArgument("LlamaModel::step: " + std::to_string(tokens[i].size()) + " tokens for a state of " +
+                            std::to_string(d->B) + " rows");
+    data.push_back(d);
+  }
+  // logits [rows, V] of final-normed `last` rows
+  auto head = [&](const float* last, std::int64_t rows) {
+    std::vector<float> normed(std::size_t(rows * H));
+    m.final_norm(last, rows, normed.data());
+    Tensor logits = Tensor::empty({rows, V});
+    dense(m.lm_head, normed.data(), rows, logits.data<float>());
+    return logits;
+  };
+  std::vector<Tensor> out(states.size());
+  std::vector<std::size_t> decoding;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    LlamaState::Data& d = *data[i];
+    if (d.prefilled) {
+      decoding.push_back(i);
+      continue;
+    }
+    // Prefill (alone: its products have the prompt's many rows): generate()'s positions
+    // cumsum(mask) - 1, pads -> 1.
+    const std::int64_t B = d.B, L = d.L;
     d.cache = layers::KVCache(std::int64_t(nl), B, m.kvdim, L + std::max<std::int64_t>(1, d.max_new));
     d.mask.assign(std::size_t(B), std::vector<std::uint8_t>(std::size_t(L), 0));
     d.attended.assign(std::size_t(B), 0);
@@ -474,28 +527,46 @@ Tensor LlamaModel::step(LMState& state, const std::vector<std::int64_t>& tokens)
       d.attended[std::size_t(b)] = c;
     }
     m.run_layers(d.prompt.data(), B, L, pos.data(), d.mask, d.cache, nullptr);
+    std::vector<float> last(std::size_t(B * H));
     for (std::int64_t b = 0; b < B; ++b)
       std::memcpy(last.data() + b * H, d.prompt.data() + (b * L + L - 1) * H, std::size_t(H) * sizeof(float));
     d.prefilled = true;
     std::vector<float>().swap(d.prompt);
     std::vector<std::uint8_t>().swap(d.prompt_mask);
-  } else {
-    if (std::int64_t(tokens.size()) != B)
-      throw InvalidArgument("LlamaModel::step: " + std::to_string(tokens.size()) + " tokens for a state of " +
-                            std::to_string(B) + " rows");
-    m.embed_rows(tokens.data(), B, last.data());
-    std::vector<std::int64_t> pos(static_cast<std::size_t>(B));
-    for (std::int64_t b = 0; b < B; ++b) {
-      d.mask[std::size_t(b)].push_back(1);
-      pos[std::size_t(b)] = d.attended[std::size_t(b)]++;  // cumsum(mask)[-1] - 1
-    }
-    m.run_layers(last.data(), B, 1, pos.data(), d.mask, d.cache, nullptr);  // the cache grows as needed
+    out[i] = head(last.data(), B);
   }
-  std::vector<float> normed(std::size_t(B * H));
-  m.final_norm(last.data(), B, normed.data());
-  Tensor logits = Tensor::empty({B, V});
-  dense(m.lm_head, normed.data(), B, logits.data<float>());
-  return logits;
+  if (decoding.empty()) return out;
+  // One token per row of every decoding state, all rows through the layers together; each row
+  // computed as it would be alone.
+  ops::RowIndependentProducts row_independent;
+  std::vector<Impl::Segment> segments;
+  std::vector<std::int64_t> ids, pos;
+  for (std::size_t i : decoding) {
+    LlamaState::Data& d = *data[i];
+    segments.push_back({d.B, &d.mask, &d.cache});
+    ids.insert(ids.end(), tokens[i].begin(), tokens[i].end());
+  }
+  const std::int64_t R = std::int64_t(ids.size());
+  std::vector<float> last(std::size_t(R * H));
+  m.embed_rows(ids.data(), R, last.data());
+  for (std::size_t i : decoding) {
+    LlamaState::Data& d = *data[i];
+    for (std::int64_t b = 0; b < d.B; ++b) {
+      d.mask[std::size_t(b)].push_back(1);
+      pos.push_back(d.attended[std::size_t(b)]++);  // cumsum(mask)[-1] - 1
+    }
+  }
+  m.run_layers(last.data(), segments, 1, pos.data(), nullptr);  // the caches grow as needed
+  Tensor all = head(last.data(), R);
+  std::int64_t r = 0;
+  for (std::size_t i : decoding) {
+    const std::int64_t B = data[i]->B;
+    Tensor t = Tensor::empty({B, V});
+    std::memcpy(t.data<float>(), all.data<float>() + r * V, std::size_t(B * V) * sizeof(float));
+    out[i] = std::move(t);
+    r += B;
+  }
+  return out;
 }
 
 void LlamaModel::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {

@@ -163,6 +163,9 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
 
   const std::int64_t S = Q + T, M = B * S;
   QFormerOutput out;
+  // Every product below stacks the B images' rows: its regime is the one one image gets, so an
+  // image's result does not depend on the images batched with it.
+  ops::StackedItems per_image(B);
 
   // ---- embeddings: LayerNorm(cat(queries, word + position embeddings))
   MatrixF x(M, Hd);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -224,9 +225,9 @@ std::int64_t T5Model::relative_position_bucket(std::int64_t relative_position, b
 }
 
 void T5Model::biased_self_attention(const Stack& stack, bool bidirectional, bool causal, std::int64_t query_offset,
-                                    std::int64_t B, std::int64_t Lq, std::int64_t Lk, const MatrixF& q,
-                                    const KeyRows& keys, const KeyRows& values, const float* key_masks,
-                                    MatrixF& out) const {
+                                    std::int64_t B, std::int64_t Lq, std::int64_t Lk, std::int64_t row0,
+                                    const MatrixF& q, const KeyRows& keys, const KeyRows& values,
+                                    const float* key_masks, MatrixF& out) const {
   const std::int64_t H = config_.num_heads, Dk = config_.d_kv, nb = config_.relative_attention_num_buckets;
   const float* table = stack.relative_attention_bias.data<float>();  // [nb, H]
   // relative position j - (query_offset + i) ranges over [min_rel, Lk - 1 - query_offset]
@@ -262,8 +263,8 @@ void T5Model::biased_self_attention(const Stack& stack, bool bidirectional, bool
       opt.key_mask = key_masks ? key_masks + b * Lk : nullptr;
       opt.position_bias = pb.data();
       const ops::In<float> K = keys(b), V = values(b);
-      auto ob = out.block(b * Lq + i0, h * Dk, n, Dk);
-      ops::attention<float>(q.block(b * Lq + i0, h * Dk, n, Dk), K.middleCols(h * Dk, Dk), V.middleCols(h * Dk, Dk),
+      auto ob = out.block(row0 + b * Lq + i0, h * Dk, n, Dk);
+      ops::attention<float>(q.block(row0 + b * Lq + i0, h * Dk, n, Dk), K.middleCols(h * Dk, Dk), V.middleCols(h * Dk, Dk),
                             opt, ob);
     }
   });
@@ -330,7 +331,7 @@ void T5Model::run_encoder(MatrixF& x, std::int64_t B, std::int64_t L, const std:
     blk.self_attn.q(n, q);
     blk.self_attn.k(n, k);
     blk.self_attn.v(n, v);
-    biased_self_attention(encoder_, /*bidirectional=*/true, /*causal=*/false, 0, B, L, L, q, keys, values,
+    biased_self_attention(encoder_, /*bidirectional=*/true, /*causal=*/false, 0, B, L, L, 0, q, keys, values,
                           key_masks.data(), a);
     blk.self_attn.o(a, o);
     x += o;
@@ -373,42 +374,57 @@ std::unique_ptr<T5State> T5Model::make_state(const MatrixF& enc, std::int64_t B,
   return st;
 }
 
-void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<MatrixF>* hidden) const {
-  const std::int64_t B = st.batch(), D = config_.d_model, I = config_.inner_dim();
+void T5Model::run_decoder(const std::vector<T5State*>& states, MatrixF& x, std::int64_t T,
+                          std::vector<MatrixF>* hidden) const {
+  const std::int64_t D = config_.d_model, I = config_.inner_dim();
   const int H = int(config_.num_heads), Dk = int(config_.d_kv);
-  const std::int64_t P = st.cache_.length(), Lk = P + T;
-  if (x.rows() != B * T) throw InvalidArgument("T5 decoder: input rows do not match batch x tokens");
-  st.cache_.reserve(Lk);
-  MatrixF n(B * T, D), q(B * T, I), k(B * T, I), v(B * T, I), a(B * T, I), o(B * T, D);
+  // Row r0[s] of x is state s's first row; (state, row) of every cross-attention task.
+  std::vector<std::int64_t> r0(states.size() + 1, 0);
+  std::vector<std::pair<std::size_t, std::int64_t>> rows;
+  for (std::size_t s = 0; s < states.size(); ++s) {
+    const std::int64_t B = states[s]->batch();
+    r0[s + 1] = r0[s] + B * T;
+    for (std::int64_t b = 0; b < B; ++b) rows.emplace_back(s, b);
+    states[s]->cache_.reserve(states[s]->cache_.length() + T);
+  }
+  const std::int64_t R = r0.back();
+  if (x.rows() != R) throw InvalidArgument("T5 decoder: input rows do not match batch x tokens");
+  MatrixF n(R, D), q(R, I), k(R, I), v(R, I), a(R, I), o(R, D);
   for (std::size_t l = 0; l < decoder_.blocks.size(); ++l) {
     const Block& blk = decoder_.blocks[l];
     if (hidden) hidden->push_back(x);
-    // causal self-attention over the cache
+    // causal self-attention over each state's cache
     rms_norm(x, blk.self_norm, n);
     blk.self_attn.q(n, q);
     blk.self_attn.k(n, k);
     blk.self_attn.v(n, v);
     const std::int64_t li = std::int64_t(l);
-    for (std::int64_t b = 0; b < B; ++b) st.cache_.write(li, b, k.data() + b * T * I, v.data() + b * T * I, T);
-    biased_self_attention(
-        decoder_, /*bidirectional=*/false, /*causal=*/true, P, B, T, Lk, q,
-        [&](std::int64_t b) { return ops::In<float>(st.cache_.keys(li, b).topRows(Lk)); },
-        [&](std::int64_t b) { return ops::In<float>(st.cache_.values(li, b).topRows(Lk)); }, nullptr, a);
+    for (std::size_t s = 0; s < states.size(); ++s) {
+      T5State& st = *states[s];
+      const std::int64_t B = st.batch(), P = st.cache_.length(), Lk = P + T;
+      for (std::int64_t b = 0; b < B; ++b)
+        st.cache_.write(li, b, k.data() + (r0[s] + b * T) * I, v.data() + (r0[s] + b * T) * I, T);
+      biased_self_attention(
+          decoder_, /*bidirectional=*/false, /*causal=*/true, P, B, T, Lk, r0[s], q,
+          [&](std::int64_t b) { return ops::In<float>(st.cache_.keys(li, b).topRows(Lk)); },
+          [&](std::int64_t b) { return ops::In<float>(st.cache_.values(li, b).topRows(Lk)); }, nullptr, a);
+    }
     blk.self_attn.o(a, o);
     x += o;
     // cross-attention to the encoder output (no position bias; padding mask only)
     rms_norm(x, blk.cross_norm, n);
     blk.cross_attn.q(n, q);
-    parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t b = b0; b < b1; ++b) {
-        const EncoderRow& e = *st.enc_[std::size_t(b)];
+    parallel_for(0, std::int64_t(rows.size()), 1, [&](std::int64_t i0, std::int64_t i1) {
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const auto [s, b] = rows[std::size_t(i)];
+        const EncoderRow& e = *states[s]->enc_[std::size_t(b)];
         ops::AttentionOptions<float> opt;
         opt.num_heads = H;
         opt.head_dim = Dk;
         opt.scale = 1.0f;
         opt.key_mask = e.key_mask.data();
-        auto ab = a.middleRows(b * T, T);
-        ops::attention<float>(q.middleRows(b * T, T), e.cross_k[l], e.cross_v[l], opt, ab);
+        auto ab = a.middleRows(r0[s] + b * T, T);
+        ops::attention<float>(q.middleRows(r0[s] + b * T, T), e.cross_k[l], e.cross_v[l], opt, ab);
       }
     });
     blk.cross_attn.o(a, o);
@@ -417,7 +433,7 @@ void T5Model::run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<M
   }
   rms_norm(x, decoder_.final_norm, x);
   if (hidden) hidden->push_back(x);
-  st.cache_.advance(T);
+  for (T5State* st : states) st->cache_.advance(T);
 }
 
 // ---- LanguageModel -------------------------------------------------------------------------
@@ -497,7 +513,7 @@ LMOutput T5Model::forward(const Tensor& inputs_embeds, const Tensor& attention_m
   ops::embedding<float>(dec_ids.data<std::int64_t>(), std::size_t(B * T), W(shared_), x);
   auto st = make_state(enc, B, L, std::move(key_masks), attention_mask, T);
   std::vector<MatrixF> dec_hidden;
-  run_decoder(*st, x, T, output_hidden_states ? &dec_hidden : nullptr);
+  run_decoder({st.get()}, x, T, output_hidden_states ? &dec_hidden : nullptr);
 
   out.logits = Tensor::empty({B, T, V}, DType::F32);
   float* logits = out.logits.data<float>();
@@ -526,18 +542,45 @@ std::unique_ptr<LMState> T5Model::start(const Tensor& inputs_embeds, const Tenso
 }
 
 Tensor T5Model::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
-  auto* st = dynamic_cast<T5State*>(&state);
-  if (!st) throw InvalidArgument("T5 step: the state was not created by T5Model::start");
-  const std::int64_t B = st->batch();
-  if (std::int64_t(tokens.size()) != B)
-    throw InvalidArgument("T5 step: " + std::to_string(tokens.size()) + " tokens for a state of " +
-                          std::to_string(B) + " rows");
-  MatrixF x(B, config_.d_model);
-  ops::embedding<float>(tokens.data(), tokens.size(), W(shared_), x);
-  run_decoder(*st, x, 1, nullptr);
-  Tensor logits = Tensor::empty({B, config_.vocab_size}, DType::F32);
-  lm_logits(x, logits.data<float>());
-  return logits;
+  return std::move(step_batch({&state}, {tokens}).front());
+}
+
+std::vector<Tensor> T5Model::step_batch(const std::vector<LMState*>& states,
+                                        const std::vector<std::vector<std::int64_t>>& tokens) const {
+  if (tokens.size() != states.size())
+    throw InvalidArgument("T5 step: " + std::to_string(tokens.size()) + " token lists for " +
+                          std::to_string(states.size()) + " states");
+  std::vector<T5State*> sts;
+  std::vector<std::int64_t> ids;
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    auto* st = states[i] ? dynamic_cast<T5State*>(states[i]) : nullptr;
+    if (!st) throw InvalidArgument("T5 step: the state was not created by T5Model::start");
+    if (std::find(sts.begin(), sts.end(), st) != sts.end()) throw InvalidArgument("T5 step: a state is given twice");
+    const std::int64_t B = st->batch();
+    if (std::int64_t(tokens[i].size()) != B)
+      throw InvalidArgument("T5 step: " + std::to_string(tokens[i].size()) + " tokens for a state of " +
+                            std::to_string(B) + " rows");
+    sts.push_back(st);
+    ids.insert(ids.end(), tokens[i].begin(), tokens[i].end());
+  }
+  const std::int64_t R = std::int64_t(ids.size());
+  MatrixF x(R, config_.d_model);
+  ops::embedding<float>(ids.data(), ids.size(), W(shared_), x);
+  // Each row's logits are what it alone gives, whatever the other rows (and states) are.
+  ops::RowIndependentProducts row_independent;
+  run_decoder(sts, x, 1, nullptr);
+  MatrixF logits(R, config_.vocab_size);
+  lm_logits(x, logits.data());
+  std::vector<Tensor> out;
+  std::int64_t r = 0;
+  for (T5State* st : sts) {
+    const std::int64_t B = st->batch();
+    Tensor t = Tensor::empty({B, config_.vocab_size}, DType::F32);
+    std::memcpy(t.data<float>(), logits.data() + r * config_.vocab_size, std::size_t(B * config_.vocab_size) * 4);
+    out.push_back(std::move(t));
+    r += B;
+  }
+  return out;
 }
 
 void T5Model::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {

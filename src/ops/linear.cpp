@@ -17,6 +17,10 @@ namespace {
 using namespace detail;
 
 std::atomic<bool> g_gemm_bf16{false};
+thread_local bool t_row_independent = false;
+thread_local std::int64_t t_items = 1;
+// The rows that choose the regime: one item's (StackedItems), else all of them.
+std::int64_t regime_rows(std::int64_t M) { return t_items > 1 && M % t_items == 0 ? M / t_items : M; }
 
 bool resolve_bf16(GemmCompute c) { return c == GemmCompute::Auto ? g_gemm_bf16.load() : c == GemmCompute::BF16; }
 
@@ -65,6 +69,12 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
 void gelu_vectorized(float* x, std::size_t n) { apply_activation(Activation::Gelu, x, std::int64_t(n)); }
 void activate_vectorized(Activation a, float* x, std::size_t n) { apply_activation(a, x, std::int64_t(n)); }
 
+RowIndependentProducts::RowIndependentProducts() : previous_(t_row_independent) { t_row_independent = true; }
+RowIndependentProducts::~RowIndependentProducts() { t_row_independent = previous_; }
+bool RowIndependentProducts::active() { return t_row_independent; }
+StackedItems::StackedItems(std::int64_t count) : previous_(t_items) { t_items = std::max<std::int64_t>(1, count); }
+StackedItems::~StackedItems() { t_items = previous_; }
+
 void set_gemm_bf16_activations(bool on) { g_gemm_bf16.store(on); }
 bool gemm_bf16_activations() { return g_gemm_bf16.load(); }
 
@@ -91,7 +101,7 @@ void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<fl
     return;
   }
   const GemvArgs g{x.data(), x.outerStride(), M, K, y.data(), y.outerStride(), bias, actp};
-  if (M <= gemv_max_rows()) {
+  if (regime_rows(M) <= gemv_max_rows() || t_row_independent) {
     gemv(W, g);
     return;
   }
@@ -124,7 +134,7 @@ std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compu
   const std::string lay = panels ? "(panels)" : "(row-major)";
   const std::string fmt = weight_format_name(W.format());
   const bool q = W.format() == WeightFormat::Q8_0 || W.format() == WeightFormat::Q4_0;
-  if (M <= gemv_max_rows()) {
+  if (regime_rows(M) <= gemv_max_rows() || t_row_independent) {
     switch (level()) {
       case Level::Portable: return "portable-gemv-" + fmt;
       case Level::Avx2: return "avx2-gemv-" + fmt;

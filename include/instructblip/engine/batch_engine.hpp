@@ -69,7 +69,8 @@ struct EngineResult {
   /// As InstructBlipForConditionalGeneration::generate() returns them.
   std::vector<std::vector<std::int64_t>> sequences;
   std::vector<float> sequences_scores;
-  /// processor.batch_decode(sequences, skip_special_tokens=true), cut at a stop string.
+  /// processor.batch_decode(sequences, skip_special_tokens=true) (ids the tokenizer has no entry
+  /// for left out, as TextStreamer does), cut at a stop string.
   std::vector<std::string> texts;
   std::vector<FinishReason> finish_reasons;
   /// Language-model prompt positions (query tokens + instruction tokens) and generated tokens
@@ -87,18 +88,23 @@ struct EngineResult {
   bool ok() const { return error.empty(); }
 };
 
-/// Passed to the token callback after every decoding step of greedy search / sampling (beam
-/// search has no final tokens before it ends; its callback is called once, at the end).
+/// Passed to the token callback after every decoding step of greedy search / sampling, with the
+/// new token of each sequence still running, and once more at the end (`final`) with the text held
+/// back until then (characters that might start a stop string, the streamer's last characters).
+/// Beam search has no final tokens before it ends: it sends only the final event, with the whole
+/// texts. For each sequence, the concatenation of its `text` pieces equals EngineResult::texts.
+/// A callback that throws cancels its request.
 struct EngineTokens {
   std::uint64_t id = 0;
   const std::string* tag = nullptr;
-  /// One new id per returned sequence (finished sequences receive nothing: the vector is the
-  /// sequences still running, with `rows` their indices).
-  std::vector<std::int64_t> tokens;
+  /// The sequences (indices into EngineResult::sequences) this event is about.
   std::vector<std::int64_t> rows;
-  /// Per entry of `rows`: the text this token completes (possibly empty; never a partial UTF-8
-  /// sequence). The concatenation over all events equals the final texts[row].
+  /// Per entry of `rows`: the new id (empty in the final event).
+  std::vector<std::int64_t> tokens;
+  /// Per entry of `rows`: the text that became final (possibly empty; never a partial UTF-8
+  /// sequence).
   std::vector<std::string> text;
+  bool final = false;
 };
 
 struct EngineOptions {

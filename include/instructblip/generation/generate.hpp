@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "instructblip/config.hpp"
@@ -61,6 +62,52 @@ GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_
 /// forced_eos_token_id is not below `vocab_size`.
 void check_generation_size(const GenerationConfig& resolved, std::int64_t batch, std::int64_t prompt_length,
                            std::int64_t vocab_size, const GenerationLimits& limits = {});
+
+/// One generate() call advanced one step at a time by its caller, for schedulers that run many
+/// generations together (BatchEngine): the caller runs the language model, the Search does
+/// everything else exactly as generate() does (logits processors, sampling, beam bookkeeping,
+/// stopping criteria, hooks). generate() itself is
+///   Search s(lm, lm.start(embeds, mask, initial_cache_tokens(cfg)), B, cfg, hooks);
+///   while (!s.advance(lm.step(s.state(), s.next_inputs()))) {}
+///   return s.finish();
+/// (checking hooks.abort before each step). Not thread-safe; one Search per generation.
+class Search {
+ public:
+  /// `resolved`: settings as resolve_generation_config() returns them (sizes already checked
+  /// with check_generation_size()); `state`: lm.start() for `batch` prompts. Expands the state to
+  /// batch x num_beams (or x num_return_sequences) rows, and starts max_time's clock.
+  Search(const models::LanguageModel& lm, std::unique_ptr<models::LMState> state, std::int64_t batch,
+         const GenerationConfig& resolved, const GenerateHooks& hooks = {});
+  Search(Search&&) noexcept;
+  Search& operator=(Search&&) noexcept;
+  ~Search();
+
+  models::LMState& state();
+  /// One token per row to feed to the next step: lm.step(state(), next_inputs()).
+  const std::vector<std::int64_t>& next_inputs() const;
+  /// Rows of the state (batch x beams, or batch x num_return_sequences).
+  std::int64_t rows() const;
+  /// Consumes one step's logits ([rows(), vocab] F32); true when generation is over (then
+  /// finish()). InvalidArgument for logits of another shape or a call after the end.
+  bool advance(const Tensor& logits);
+  bool done() const;
+  /// Steps consumed so far.
+  std::int64_t steps() const;
+  /// The running sequences, one per row (greedy / sampling: the final ones once done()).
+  const std::vector<std::vector<std::int64_t>>& running_sequences() const;
+  /// Greedy search / sampling: per row, 1 while the row has produced no EOS.
+  const std::vector<char>& unfinished_rows() const;
+  /// The output, as generate() returns it; `aborted` marks an early stop (beam search then
+  /// returns its best hypotheses so far). Ends the search.
+  GenerateOutput finish(bool aborted = false);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// The KV-cache capacity hint generate() passes to LanguageModel::start for these settings.
+std::int64_t initial_cache_tokens(const GenerationConfig& resolved);
 
 /// Generates from a prompt given as embeddings (inputs_embeds [B, L, H], attention_mask [B, L]).
 /// Besides resolve_generation_config's checks, InvalidArgument when the prompt length L exceeds

@@ -38,6 +38,12 @@ struct GenerateTrace {
   StageTimings timings;
 };
 
+/// The language model's prompt: the projected queries followed by the instruction's embeddings.
+struct LanguageModelPrompt {
+  Tensor inputs_embeds;   // [B, num_query_tokens + T, text hidden] float32
+  Tensor attention_mask;  // [B, num_query_tokens + T] int64
+};
+
 struct LoadOptions {
   /// Called once per mapped weight file (path, bytes, index, count).
   io::Checkpoint::ProgressFn progress;
@@ -147,6 +153,24 @@ class InstructBlipForConditionalGeneration {
   generation::GenerateOutput generate(const ProcessorOutput& inputs, const GenerationConfig& generation_config,
                                       const generation::GenerateHooks& hooks = {},
                                       GenerateTrace* trace = nullptr) const;
+
+  // ---- the stages of generate(), for schedulers that batch them differently (BatchEngine) ----
+  // generate(pixels, ...) equals generation::generate(language_model(), prompt.inputs_embeds,
+  // prompt.attention_mask, ...) with prompt = language_model_prompt(encode_images(pixels), ...),
+  // ids 0 mapped to 2 when maps_pad_to_eos(). Each image's result does not depend on the other
+  // images of the batch.
+
+  /// The vision encoder: pixel_values [B, 3, H, W] -> last_hidden_state [B, positions, hidden].
+  Tensor encode_images(const Tensor& pixel_values) const;
+  /// The Q-Former (with the instruction), the projection and the instruction's embeddings for
+  /// images already encoded (`image_embeds` [B, positions, vision hidden]); the other inputs and
+  /// their checks as for generate().
+  LanguageModelPrompt language_model_prompt(const Tensor& image_embeds, const Tensor& qformer_input_ids,
+                                            const Tensor& qformer_attention_mask, const Tensor& input_ids,
+                                            const Tensor& attention_mask) const;
+  /// True for checkpoints whose text architectures[0] is spelled "LLaMAForCausalLM": generate()
+  /// then returns ids 0 as 2, as transformers does.
+  bool maps_pad_to_eos() const;
 
  private:
   struct Impl;

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "instructblip/core/error.hpp"
 #include "instructblip/core/tensor.hpp"
 
 namespace instructblip::models {
@@ -69,6 +70,20 @@ class LanguageModel {
   /// never feeds the placeholder BOS of an inputs_embeds generation; later calls feed `tokens`,
   /// with position = (number of attended positions so far) as cumsum(attention_mask) - 1 gives.
   virtual Tensor step(LMState& state, const std::vector<std::int64_t>& tokens) const = 0;
+
+  /// One decoding step for several states at once (each given its own `tokens`, as step() takes
+  /// them); returns each state's logits, [state.batch(), vocab]. A decode step of any state
+  /// computes every row independently of the others — the logits of a row are bit for bit those
+  /// it gets alone in step(), whatever else is in the call — so a batching scheduler never changes
+  /// an answer. The models run the projections once over all rows (one pass over the weights);
+  /// this default calls step() per state. States must be distinct.
+  virtual std::vector<Tensor> step_batch(const std::vector<LMState*>& states,
+                                         const std::vector<std::vector<std::int64_t>>& tokens) const {
+    if (tokens.size() != states.size()) throw InvalidArgument("step_batch: one token list per state");
+    std::vector<Tensor> out;
+    for (std::size_t i = 0; i < states.size(); ++i) out.push_back(step(*states[i], tokens[i]));
+    return out;
+  }
 
   /// Replaces the state's rows by rows[index[i]] (beam reordering, and expansion when
   /// index.size() differs from batch(): e.g. {0,0,1,1} repeats each row twice).

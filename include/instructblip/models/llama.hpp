@@ -106,6 +106,10 @@ class LlamaModel : public LanguageModel {
   /// last prompt position. Later calls: tokens.size() == batch(), one token per row appended with
   /// attention-mask value 1 at position (number of attended positions so far).
   Tensor step(LMState& state, const std::vector<std::int64_t>& tokens) const override;
+  /// step() for several states: prefills run alone, the decoding states' rows go through the
+  /// layers together (one pass over the weights).
+  std::vector<Tensor> step_batch(const std::vector<LMState*>& states,
+                                 const std::vector<std::vector<std::int64_t>>& tokens) const override;
 
   /// Reorders / repeats the state's rows (before or after the prefill). Indices must lie in
   /// [0, batch()); the index list must not be empty.

@@ -129,6 +129,9 @@ class T5Model final : public LanguageModel {
   /// Feeds one token per row to the decoder (the first call: decoder_start_id()).
   /// `state` must come from this model's start(); `tokens.size()` must equal state.batch().
   Tensor step(LMState& state, const std::vector<std::int64_t>& tokens) const override;
+  /// step() for several states at once: one pass of the decoder's projections over all their rows.
+  std::vector<Tensor> step_batch(const std::vector<LMState*>& states,
+                                 const std::vector<std::vector<std::int64_t>>& tokens) const override;
   /// Reorders / expands every per-row cache (encoder output, mask, cross K/V, self KV cache).
   /// Every index must be in [0, batch()); an empty index is an InvalidArgument.
   void select_rows(LMState& state, const std::vector<std::int64_t>& index) const override;
@@ -196,11 +199,11 @@ class T5Model final : public LanguageModel {
   using KeyRows = std::function<ops::In<float>(std::int64_t row)>;
   /// Self-attention with the stack's relative position bias for B rows of Lq queries (positions
   /// query_offset ..) against Lk keys (keys(b) / values(b): [Lk, inner_dim]); q and out are
-  /// [B * Lq, inner_dim]. key_masks: additive [B, Lk] or null. The bias is built per task for one
+  /// [B * Lq, inner_dim] from row `row0`. key_masks: additive [B, Lk] or null. The bias is built per task for one
   /// head and a chunk of queries, so memory stays O(chunk x Lk) whatever the prompt length.
   void biased_self_attention(const Stack& stack, bool bidirectional, bool causal, std::int64_t query_offset,
-                             std::int64_t B, std::int64_t Lq, std::int64_t Lk, const MatrixF& q, const KeyRows& keys,
-                             const KeyRows& values, const float* key_masks, MatrixF& out) const;
+                             std::int64_t B, std::int64_t Lq, std::int64_t Lk, std::int64_t row0, const MatrixF& q,
+                             const KeyRows& keys, const KeyRows& values, const float* key_masks, MatrixF& out) const;
   void feed_forward(const FeedForward& ff, const Tensor& norm, MatrixF& x) const;
   void rms_norm(const MatrixF& x, const Tensor& weight, MatrixF& y) const;
 
@@ -211,9 +214,11 @@ class T5Model final : public LanguageModel {
   std::unique_ptr<T5State> make_state(const MatrixF& enc, std::int64_t B, std::int64_t L,
                                       std::vector<float> key_masks, const Tensor& attention_mask,
                                       std::int64_t capacity) const;
-  /// Decoder over T new tokens per row (x: [B*T, d_model] embeddings in, final-normed hidden out),
-  /// appending to the state's self-attention caches.
-  void run_decoder(T5State& st, MatrixF& x, std::int64_t T, std::vector<MatrixF>* hidden) const;
+  /// Decoder over T new tokens per row of each state (x: the states' rows one after the other,
+  /// [sum B_i * T, d_model] embeddings in, final-normed hidden out), appending to each state's
+  /// self-attention caches. The projections run once over all rows; attention per state.
+  void run_decoder(const std::vector<T5State*>& states, MatrixF& x, std::int64_t T,
+                   std::vector<MatrixF>* hidden) const;
   /// logits [rows, vocab] from final-normed decoder states (applies the tied-head scaling).
   void lm_logits(const MatrixF& h, float* out) const;
   void check_prompt(const Tensor& inputs_embeds, const Tensor& attention_mask, const char* what) const;

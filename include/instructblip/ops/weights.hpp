@@ -169,6 +169,40 @@ struct LinearOptions {
 /// linear() with options (see LinearOptions).
 void linear(const In<float>& x, const WeightMatrix& W, const float* bias, Out<float> y, const LinearOptions& options);
 
+/// While an instance lives, linear() calls made on the constructing thread use the row-by-row
+/// regime (the M <= gemv_max_rows() numerics above) for any number of rows M: every output row is
+/// then bit for bit what that activation row alone gives, whatever other rows share the call.
+/// Batched decoding uses it so that a sequence's tokens never depend on what it is batched with.
+/// (The row-by-row kernels still stream each weight block once for all rows.) Nests.
+class RowIndependentProducts {
+ public:
+  RowIndependentProducts();
+  ~RowIndependentProducts();
+  RowIndependentProducts(const RowIndependentProducts&) = delete;
+  RowIndependentProducts& operator=(const RowIndependentProducts&) = delete;
+  /// True while an instance lives on this thread.
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
+/// While an instance lives, linear() calls made on the constructing thread whose M is a multiple
+/// of `count` treat their activations as `count` stacked items of M / count rows each (e.g. the
+/// images of a batch) and choose the regime one item alone would get: each item's rows are then
+/// bit for bit what that item gives alone (every kernel computes a row independently of the
+/// others within a regime; only the M-based regime choice could differ). Nests (innermost wins).
+class StackedItems {
+ public:
+  explicit StackedItems(std::int64_t count);
+  ~StackedItems();
+  StackedItems(const StackedItems&) = delete;
+  StackedItems& operator=(const StackedItems&) = delete;
+
+ private:
+  std::int64_t previous_;
+};
+
 /// GELU with the exact erf, 0.5 x (1 + erf(x / sqrt 2)), in place, vectorised (AVX-512 when the
 /// build and the CPU have it; max abs error vs the float formula with std::erf <= 1e-6 for
 /// |x| < 10, relative error of x * Phi(x) ~1e-7 beyond), else std::erf. The kernel linear()
