@@ -289,7 +289,28 @@ diff <(records_without_ms "$TMP/single.jsonl") <(records_without_ms "$TMP/out1/c
 log "run 1 ok"
 
 # ---- 2. cancel one task once it has written a record, resubmit it alone, merge
-SLOW=(--min-new-tokens 3000 --max-new-tokens 3000 --batch-size 2 --quiet)
+# Slow items, whatever the machine: the answer length (forced with --min-new-tokens) is raised until one item
+# takes >= 150 ms on one thread more than a 1-token answer, so that a shard (13 items, one at a time) takes
+# seconds and the cancel lands in its middle.
+CALIB="$TMP/calibration"
+mkdir -p "$CALIB/in"
+cp "$INPUT/$(ls "$INPUT" | head -n 1)" "$CALIB/in/"
+one_item_ms() {  # wall time of a one-thread run over one image, with the given generation options
+  local t0
+  t0="$(date +%s%N)"
+  timeout 60 "$CAPTION" --model "$MODEL" --threads 1 --batch-size 1 --quiet --overwrite \
+    --output "$CALIB/out.jsonl" "$@" "$CALIB/in" 2>>"$CALIB/err" || fail "calibration run failed: $(cat "$CALIB/err")"
+  echo $((($(date +%s%N) - t0) / 1000000))
+}
+base_ms="$(one_item_ms --max-new-tokens 1)"
+tokens=250
+while :; do
+  item_ms="$(one_item_ms --min-new-tokens "$tokens" --max-new-tokens "$tokens")"
+  ((item_ms - base_ms < 150 && tokens < 8000)) || break
+  tokens=$((tokens * 3 / 2))
+done
+log "slow items: $tokens new tokens, $((item_ms - base_ms)) ms an item (a run with 1 token: $base_ms ms)"
+SLOW=(--min-new-tokens "$tokens" --max-new-tokens "$tokens" --batch-size 1 --quiet)
 log "run 2: slow array, cancel task 1"
 job="$(submit "$TMP/out2" -- "${SLOW[@]}")"
 CUT=1
