@@ -68,6 +68,7 @@ cluster_pids() {  # processes with IB_SLURM_TEST_DIR=$TMP in their environment o
   } | sed -n 's|^/proc/\([0-9]*\)/.*|\1|p' | sort -u | grep -vxF -e "$$" -e "$BASHPID"
   return 0
 }
+# shellcheck disable=SC2086  # $all, $pids: lists of process ids
 stop_pids() {  # TERM the given daemons and their children, then KILL what is left after ~5 s
   local pid all="" i alive
   for pid in "$@"; do
@@ -84,6 +85,7 @@ stop_pids() {  # TERM the given daemons and their children, then KILL what is le
   kill -KILL $all 2>/dev/null
   return 0
 }
+# shellcheck disable=SC2086
 cleanup() {
   local rc=$? pids i
   set +e
@@ -150,8 +152,8 @@ log "starting munged"
 dd if=/dev/urandom of="$TMP/munge/munge.key" bs=1024 count=1 status=none
 chmod 0400 "$TMP/munge/munge.key"
 MUNGE_SOCKET="$TMP/munge/munge.socket"
-# In the foreground (a child of this script, like the Slurm daemons): whatever kills this script's process tree
-# also reaches it.
+# In the foreground, a child of this script like the Slurm daemons (whatever kills this script's process tree
+# reaches them), in its own session (see setsid below).
 setsid munged --foreground --force --socket="$MUNGE_SOCKET" --key-file="$TMP/munge/munge.key" \
        --pid-file="$TMP/run/munged.pid" --log-file="$TMP/log/munged.log" --seed-file="$TMP/munge/munged.seed" \
        >>"$TMP/log/munged.stdout" 2>&1 &
@@ -223,7 +225,9 @@ wait_for 30 "the node to be idle" node_idle
 log "node idle"
 
 # ---- the input folder
-(cd "$IMAGES" && cp $(ls png_*.png bmp_*.bmp | LC_ALL=C sort | head -n "$N_IMAGES") "$TMP/in/")
+mapfile -t picked < <(cd "$IMAGES" && find . -maxdepth 1 \( -name 'png_*.png' -o -name 'bmp_*.bmp' \) | LC_ALL=C sort |
+                      head -n "$N_IMAGES")
+(cd "$IMAGES" && cp -- "${picked[@]}" "$TMP/in/")
 INPUT="$TMP/in"
 count="$(find "$INPUT" -type f | wc -l)"
 ((count == N_IMAGES)) || fail "copied $count images from $IMAGES, wanted $N_IMAGES"
@@ -294,7 +298,7 @@ log "run 1 ok"
 # seconds and the cancel lands in its middle.
 CALIB="$TMP/calibration"
 mkdir -p "$CALIB/in"
-cp "$INPUT/$(ls "$INPUT" | head -n 1)" "$CALIB/in/"
+cp "$INPUT/${picked[0]#./}" "$CALIB/in/"
 one_item_ms() {  # wall time of a one-thread run over one image, with the given generation options
   local t0
   t0="$(date +%s%N)"
