@@ -8,6 +8,8 @@ packages=(cmake g++ make pkg-config libeigen3-dev libsentencepiece-dev libstb-de
           libgtest-dev libbenchmark-dev libjpeg62-turbo-dev libutf8proc-dev libwebp-dev clang libclang-rt-14-dev
           libarchive-dev)
 missing=()
+# and for the one-node Slurm cluster test (tests/cluster; skipped without them)
+packages+=(slurm-wlm munge)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
