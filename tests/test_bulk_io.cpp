@@ -532,10 +532,22 @@ TEST(BulkShards, FlagThenSlurmThenKubernetesThenOne) {
   env["SLURM_ARRAY_TASK_ID"] = "7";
   env["SLURM_ARRAY_TASK_COUNT"] = "4";
   env["SLURM_ARRAY_TASK_MIN"] = "5";
-  s = resolve_shard(std::nullopt, 5, get);  // Slurm wins over Kubernetes
+  s = resolve_shard(std::nullopt, std::nullopt, get);  // Slurm wins over Kubernetes
   EXPECT_EQ(s.index, 2);
   EXPECT_EQ(s.count, 4);
   EXPECT_EQ(s.source, "SLURM_ARRAY_TASK_ID");
+  // With --num-shards, the task id is the shard index (a task resubmitted alone: an array of one)
+  env["SLURM_ARRAY_TASK_ID"] = "2";
+  env["SLURM_ARRAY_TASK_COUNT"] = "1";
+  env["SLURM_ARRAY_TASK_MIN"] = "2";
+  s = resolve_shard(std::nullopt, 4, get);
+  EXPECT_EQ(s.index, 2);
+  EXPECT_EQ(s.count, 4);
+  EXPECT_EQ(s.source, "SLURM_ARRAY_TASK_ID");
+  EXPECT_THROW(resolve_shard(std::nullopt, 2, get), InvalidArgument);  // 2/2
+  env["SLURM_ARRAY_TASK_ID"] = "7";
+  env["SLURM_ARRAY_TASK_COUNT"] = "4";
+  env["SLURM_ARRAY_TASK_MIN"] = "5";
   s = resolve_shard(std::string("1/3"), 5, get);  // the flag wins over both
   EXPECT_EQ(s.index, 1);
   EXPECT_EQ(s.count, 3);

@@ -244,6 +244,12 @@ Shard parse_shard(const std::string& spec, const std::string& what) {
 Shard resolve_shard(const std::optional<std::string>& flag, std::optional<std::int64_t> num_shards,
                     const std::function<const char*(const char*)>& getenv) {
   if (flag) return parse_shard(*flag, "--shard");
+  if (getenv("SLURM_ARRAY_TASK_ID") && num_shards) {
+    // The task id is the shard index itself: right also for a task resubmitted alone
+    // (sbatch --array=2 is an array of one, whose COUNT is 1 and MIN 2).
+    const std::int64_t i = env_int(getenv, "SLURM_ARRAY_TASK_ID");
+    return parse_shard(std::to_string(i) + "/" + std::to_string(*num_shards), "SLURM_ARRAY_TASK_ID");
+  }
   if (getenv("SLURM_ARRAY_TASK_ID")) {
     if (!getenv("SLURM_ARRAY_TASK_COUNT"))
       throw InvalidArgument("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not");
@@ -260,7 +266,8 @@ Shard resolve_shard(const std::optional<std::string>& flag, std::optional<std::i
     return parse_shard(std::to_string(i) + "/" + std::to_string(*num_shards), "JOB_COMPLETION_INDEX");
   }
   if (num_shards)
-    throw InvalidArgument("--num-shards needs JOB_COMPLETION_INDEX (Kubernetes Indexed Job); else use --shard I/N");
+    throw InvalidArgument("--num-shards needs SLURM_ARRAY_TASK_ID (Slurm job array) or JOB_COMPLETION_INDEX "
+                          "(Kubernetes Indexed Job); else use --shard I/N");
   return Shard{};
 }
 

@@ -280,7 +280,9 @@ struct BatchEngine::Impl {
           const std::int64_t rows = job->search->rows();
           job->row_running.assign(std::size_t(rows), 1);
           job->stop_length.assign(std::size_t(rows), 0);
-          if (job->cfg.num_beams == 1) {
+          // Text is followed while generating only for a callback or stop strings (the streamer
+          // decodes the running sequence at every token).
+          if (job->cfg.num_beams == 1 && (job->on_tokens || !job->request.stop.empty())) {
             job->emitted.assign(std::size_t(rows), 0);
             for (std::int64_t r = 0; r < rows; ++r) job->streamers.emplace_back(processor.tokenizer());
           }
@@ -350,10 +352,6 @@ struct BatchEngine::Impl {
       if (stopped || !unfinished[r]) job.row_running[r] = 0;
       any_running = any_running || job.row_running[r];
     }
-    if (!job.has_first_token) {
-      job.has_first_token = true;
-      job.first_token = Clock::now();
-    }
     if (!ev.rows.empty()) notify(job, ev);
     return !any_running;
   }
@@ -401,7 +399,7 @@ struct BatchEngine::Impl {
       ev.id = job->id;
       ev.tag = &job->request.tag;
       for (std::size_t i = 0; i < r.texts.size(); ++i) {
-        const std::size_t done = beam ? 0 : job->emitted[i];
+        const std::size_t done = job->emitted.empty() ? 0 : job->emitted[i];
         if (r.texts[i].size() > done) {
           ev.rows.push_back(std::int64_t(i));
           ev.text.push_back(r.texts[i].substr(done));
@@ -515,7 +513,11 @@ struct BatchEngine::Impl {
         }
         try {
           bool over = j->search->advance(logits[i]);
-          if (j->cfg.num_beams == 1) over = after_step(*j) || over;
+          if (!j->has_first_token) {
+            j->has_first_token = true;
+            j->first_token = Clock::now();
+          }
+          if (!j->streamers.empty()) over = after_step(*j) || over;
           if (over) {
             finish_job(j, false);
             ended.push_back(j);
