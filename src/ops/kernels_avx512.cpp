@@ -653,18 +653,20 @@ void gemm_avx512(const WeightMatrix& W, const GemvArgs& g) {
   });
 }
 
-template <typename F>
-void for_row_groups(std::int64_t M, F&& f) {  // calls f(integral_constant<MB>, m0) for groups of <= 8 rows
-  for (std::int64_t m0 = 0; m0 < M; m0 += 8) {
-    switch (std::min<std::int64_t>(8, M - m0)) {
+// Calls f(integral_constant<MB>, m0) for groups of <= MaxRows rows. A row's arithmetic is the same
+// whatever group it is in, so the grouping changes speed only.
+template <int MaxRows = 8, typename F>
+void for_row_groups(std::int64_t M, F&& f) {
+  for (std::int64_t m0 = 0; m0 < M; m0 += MaxRows) {
+    switch (std::min<std::int64_t>(MaxRows, M - m0)) {
       case 1: f(std::integral_constant<int, 1>{}, m0); break;
       case 2: f(std::integral_constant<int, 2>{}, m0); break;
       case 3: f(std::integral_constant<int, 3>{}, m0); break;
       case 4: f(std::integral_constant<int, 4>{}, m0); break;
-      case 5: f(std::integral_constant<int, 5>{}, m0); break;
-      case 6: f(std::integral_constant<int, 6>{}, m0); break;
-      case 7: f(std::integral_constant<int, 7>{}, m0); break;
-      default: f(std::integral_constant<int, 8>{}, m0); break;
+      case 5: if constexpr (MaxRows >= 5) f(std::integral_constant<int, 5>{}, m0); break;
+      case 6: if constexpr (MaxRows >= 6) f(std::integral_constant<int, 6>{}, m0); break;
+      case 7: if constexpr (MaxRows >= 7) f(std::integral_constant<int, 7>{}, m0); break;
+      default: if constexpr (MaxRows >= 8) f(std::integral_constant<int, 8>{}, m0); break;
     }
   }
 }
@@ -707,7 +709,8 @@ void gemv_impl(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qap, bo
       const bool q4 = W.format() == WeightFormat::Q4_0;
       const QuantAct& qa = *qap;
       par(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
-        for_row_groups(g.M, [&](auto mb, std::int64_t m0) {
+        // groups of at most 4 activation rows: beyond, the accumulators no longer fit the registers
+        for_row_groups<4>(g.M, [&](auto mb, std::int64_t m0) {
           constexpr int MB = decltype(mb)::value;
           if (vnni) {
             if (q4) gemv_q_avx512<true, true, MB>(W, g, qa, m0, n0, n1);
