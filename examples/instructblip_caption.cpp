@@ -491,21 +491,26 @@ int merge(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "merge") {
-    try {
-      return merge(argc, argv);
-    } catch (const UsageError& e) {
-      std::fprintf(stderr, "%s: %s\n", kProg, e.what());
-      return 2;
-    } catch (const InvalidArgument& e) {
-      std::fprintf(stderr, "%s: %s\n", kProg, e.what());
-      return 2;
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
-      return 1;
-    }
+// Runs `f`, turning what it throws into one line on stderr and the documented exit status: 2 for usage
+// errors (bad flags, inputs, manifest lines), 1 for the rest.
+template <typename F>
+int with_exit_status(F&& f) {
+  try {
+    return f();
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: %s\n", kProg, e.what());
+    return 2;
+  } catch (const InvalidArgument& e) {
+    std::fprintf(stderr, "%s: %s\n", kProg, e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return 1;
   }
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "merge") return with_exit_status([&] { return merge(argc, argv); });
   Options o;
   try {
     o = parse_args(argc, argv);
@@ -521,13 +526,5 @@ int main(int argc, char** argv) {
     std::printf("%s %s\n", kProg, INSTRUCTBLIP_VERSION_STRING);
     return 0;
   }
-  try {
-    return run(o);
-  } catch (const InvalidArgument& e) {
-    std::fprintf(stderr, "%s: %s\n", kProg, e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
-    return 1;
-  }
+  return with_exit_status([&] { return run(o); });
 }
