@@ -283,6 +283,18 @@ class Server {
     loaded_ = true;
   }
 
+  bool authorized(const httplib::Request& req) const {
+    if (o_.api_key.empty() || req.path == "/health") return true;
+    const std::string want = "Bearer " + o_.api_key;
+    const std::string got = req.get_header_value("Authorization");
+    unsigned diff = unsigned(want.size() ^ got.size());
+    for (std::size_t i = 0; i < want.size(); ++i) diff |= unsigned(want[i] ^ (i < got.size() ? got[i] : 0));
+    return diff == 0;
+  }
+  static ApiError unauthorized() {
+    return ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "invalid_api_key");
+  }
+
   static void send_json(httplib::Response& res, int status, const json& body) {
     res.status = status;
     res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
@@ -314,17 +326,13 @@ class Server {
           return httplib::Server::HandlerResponse::Handled;
         }
       }
-      if (!o_.api_key.empty() && req.path != "/health") {
-        const std::string want = "Bearer " + o_.api_key;
-        const std::string got = req.get_header_value("Authorization");
-        unsigned diff = unsigned(want.size() ^ got.size());
-        for (std::size_t i = 0; i < want.size(); ++i) diff |= unsigned(want[i] ^ (i < got.size() ? got[i] : 0));
-        if (diff != 0) {
-          send_error(res, ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                                   "invalid_api_key"));
-          res.set_header("Connection", "close");
-          return httplib::Server::HandlerResponse::Handled;
-        }
+      // Without a body the key is checked here; with one, once the body is read (a refusal that
+      // leaves a body unread confuses clients that send it all before reading the answer).
+      const bool has_body = req.has_header("Transfer-Encoding") ||
+                            (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0");
+      if (!has_body && !authorized(req)) {
+        send_error(res, unauthorized());
+        return httplib::Server::HandlerResponse::Handled;
       }
       return httplib::Server::HandlerResponse::Unhandled;
     });
@@ -390,8 +398,9 @@ class Server {
       chat_completions(req, res, reader);
     });
     // Wrong methods on known paths: 405 with Allow.
-    auto not_allowed = [](const char* allow) {
-      return [allow](const httplib::Request& req, httplib::Response& res) {
+    auto not_allowed = [this](const char* allow) {
+      return [this, allow](const httplib::Request& req, httplib::Response& res) {
+        if (!authorized(req)) return send_error(res, unauthorized());
         send_json(res, 405, error_json("method " + req.method + " is not allowed on " + req.path, "invalid_request_error",
                                        "method_not_allowed"));
         res.set_header("Allow", allow);
@@ -425,6 +434,7 @@ class Server {
         throw ApiError(413, "the request body is larger than the server's limit of " + std::to_string(o_.max_body) + " bytes",
                        "request_too_large");
       if (!read_ok) throw ApiError(400, "the request body could not be read", "bad_body");
+      if (!authorized(req)) throw unauthorized();
       std::string ctype = req.get_header_value("Content-Type");
       ctype = ctype.substr(0, ctype.find(';'));
       while (!ctype.empty() && ctype.back() == ' ') ctype.pop_back();
