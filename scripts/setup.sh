@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake g++ make pkg-config libeigen3-dev libsentencepiece-dev libstb-dev nlohmann-json3-dev
-          libgtest-dev libbenchmark-dev libjpeg62-turbo-dev libutf8proc-dev clang libclang-rt-14-dev)
+          libgtest-dev libbenchmark-dev libjpeg62-turbo-dev libutf8proc-dev clang libclang-rt-14-dev
+          libcpp-httplib-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
