@@ -572,3 +572,51 @@ TEST(ServerLoad, ApiKeyQueueLimitAndTimeout) {
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(server.stop(), 0);
 }
+
+// A client that hangs up, streamed or not, cancels its generation: its row is free again at once.
+TEST(ServerLoad, HangingUpCancelsTheGeneration) {
+  ServerProcess server({"--model", kData + "/shapes-demo/model", "--port", "0", "--parallel", "1", "--threads", "1",
+                        "--max-tokens", "60000"});
+  const int port = server.port(60);
+  ASSERT_GT(port, 0) << server.log();
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_read_timeout(120, 0);
+  for (int i = 0; i < 2400; ++i) {
+    auto r = cli.Get("/health");
+    if (r && r->status == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto active_rows = [&] {
+    auto r = cli.Get("/metrics");
+    if (!r) return -1;
+    const auto p = r->body.find("\ninstructblip_active_rows ");
+    return p == std::string::npos ? -1 : std::atoi(r->body.c_str() + p + 26);
+  };
+  const std::string url = "data:image/png;base64," + base64(read_file(kImages + "/red-circle-on-green.png"));
+  for (bool stream : {false, true}) {
+    SCOPED_TRACE(stream ? "streamed" : "not streamed");
+    json j = chat_body(url, "Describe the image.", stream, 60000);
+    j["min_new_tokens"] = 60000;  // runs for seconds unless cancelled
+    const int fd = connect_to(port);
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, post(j.dump())));
+    int rows = 0;
+    for (int i = 0; i < 200 && rows != 1; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      rows = active_rows();
+    }
+    ASSERT_EQ(rows, 1) << "the generation never started";
+    ::close(fd);
+    const auto hung_up = Clock::now();
+    while (active_rows() != 0 && Clock::now() - hung_up < std::chrono::seconds(kAsan ? 60 : 10))
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(active_rows(), 0);
+  }
+  const std::string log = server.log();
+  EXPECT_NE(log.find("POST /v1/chat/completions 499"), std::string::npos) << log;  // not streamed: 499 logged
+  std::size_t hangups = 0;
+  for (std::size_t p = log.find("client_disconnected"); p != std::string::npos; p = log.find("client_disconnected", p + 1))
+    ++hangups;
+  EXPECT_EQ(hangups, 2u) << log;
+  EXPECT_EQ(server.stop(), 0);
+}
