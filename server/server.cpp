@@ -390,7 +390,8 @@ class Server {
     http_.Get("/models", models);
     http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.status = 200;
-      res.set_content(metrics_.render(engine_ && loaded_ ? engine_->stats() : EngineStats{}, loaded_),
+      const bool loaded = loaded_;  // engine_ is set before loaded_, and never changes while serving
+      res.set_content(metrics_.render(loaded ? engine_->stats() : EngineStats{}, loaded),
                       "text/plain; version=0.0.4; charset=utf-8");
     });
     const char* chat = R"(/(v1/)?chat/completions)";
