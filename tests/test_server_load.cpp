@@ -220,7 +220,11 @@ std::string sse_text(const std::string& body, bool* done, std::string* finish) {
 class ServerProcess {
  public:
   explicit ServerProcess(std::vector<std::string> args) {
-    log_ = std::string(IB_TEST_TMP_DIR) + "/server_load_" + std::to_string(::getpid()) + ".log";
+    // A log of its own per server (the port is read from it), empty before the server starts.
+    static int count = 0;
+    log_ = std::string(IB_TEST_TMP_DIR) + "/server_load_" + std::to_string(::getpid()) + "_" + std::to_string(++count) +
+           ".log";
+    std::ofstream(log_, std::ios::trunc).flush();
     pid_ = ::fork();
     if (pid_ == 0) {
       const int fd = ::open(log_.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
@@ -291,6 +295,17 @@ class ServerProcess {
   pid_t pid_ = -1;
   std::string log_;
 };
+
+// /health answers 200 within two minutes (503 while the model loads).
+bool healthy(httplib::Client& cli) {
+  const auto until = Clock::now() + std::chrono::seconds(120);
+  while (Clock::now() < until) {
+    auto r = cli.Get("/health");
+    if (r && r->status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
 
 struct Good {
   std::string url, prompt;
@@ -515,11 +530,7 @@ TEST(ServerLoad, ApiKeyQueueLimitAndTimeout) {
   ASSERT_GT(port, 0) << server.log();
   httplib::Client cli("127.0.0.1", port);
   cli.set_read_timeout(120, 0);
-  for (int i = 0; i < 2400; ++i) {
-    auto r = cli.Get("/health");  // /health needs no key
-    if (r && r->status == 200) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  ASSERT_TRUE(healthy(cli)) << server.log();  // /health needs no key
   const std::string url = "data:image/png;base64," + base64(read_file(kImages + "/red-circle-on-green.png"));
   const std::string body = chat_body(url, "Describe the image.", false, 0).dump();
 
@@ -581,11 +592,7 @@ TEST(ServerLoad, HangingUpCancelsTheGeneration) {
   ASSERT_GT(port, 0) << server.log();
   httplib::Client cli("127.0.0.1", port);
   cli.set_read_timeout(120, 0);
-  for (int i = 0; i < 2400; ++i) {
-    auto r = cli.Get("/health");
-    if (r && r->status == 200) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  ASSERT_TRUE(healthy(cli)) << server.log();
   auto active_rows = [&] {
     auto r = cli.Get("/metrics");
     if (!r) return -1;
