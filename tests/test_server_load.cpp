@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -626,4 +628,81 @@ TEST(ServerLoad, HangingUpCancelsTheGeneration) {
     ++hangups;
   EXPECT_EQ(hangups, 2u) << log;
   EXPECT_EQ(server.stop(), 0);
+}
+
+// While the model loads the server already answers: /health 503 {"status":"loading"}, requests 503 with
+// Retry-After. Then the statuses of the HTTP layer: 405 with Allow, 413 for a declared or a chunked body
+// over --max-body, 404; and /metrics counts them. (The load is held back by a FIFO in place of
+// preprocessor_config.json, read when the processor loads.)
+TEST(ServerLoad, AnswersWhileLoadingAndHttpStatuses) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(IB_TEST_TMP_DIR) / ("server_loading_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path src = kData + "/shapes-demo/model";
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.path().filename() != "preprocessor_config.json") fs::create_symlink(e.path(), dir / e.path().filename());
+  const std::string fifo = (dir / "preprocessor_config.json").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+
+  ServerProcess server({"--model", dir.string(), "--port", "0", "--threads", "1", "--max-body", "4096"});
+  const int port = server.port(60);
+  ASSERT_GT(port, 0) << server.log();
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_read_timeout(60, 0);
+  auto h = cli.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 503);
+  EXPECT_EQ(json::parse(h->body), json({{"status", "loading"}}));
+  auto r = cli.Post("/v1/chat/completions", chat_body("data:image/png;base64,aGVsbG8=", "x", false, 0).dump(),
+                    "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+  EXPECT_TRUE(json::parse(r->body).contains("error"));
+
+  {  // let the load go on
+    std::ofstream(fifo) << read_file((src / "preprocessor_config.json").string());
+  }
+  ASSERT_TRUE(healthy(cli)) << server.log();
+
+  r = cli.Get("/v1/chat/completions");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->get_header_value("Allow"), "POST");
+  r = cli.Post("/health", "{}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->get_header_value("Allow"), "GET");
+  r = cli.Get("/v2/unknown");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(json::parse(r->body)["error"]["type"], "not_found_error");
+
+  const std::string big(5000, 'x');
+  RawResponse raw = raw_request(port, post(big));
+  EXPECT_EQ(raw.status, 413) << raw.body;
+  EXPECT_TRUE(json::parse(raw.body, nullptr, false).contains("error")) << raw.body;
+  // Chunked: no Content-Length to refuse it by; the server stops reading at the limit.
+  std::string chunked =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+      "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+  for (int i = 0; i < 5; ++i) chunked += "3e8\r\n" + std::string(1000, ' ') + "\r\n";
+  chunked += "0\r\n\r\n";
+  raw = raw_request(port, chunked);
+  EXPECT_EQ(raw.status, 413) << raw.body;
+
+  auto m = cli.Get("/metrics");
+  ASSERT_TRUE(m);
+  auto count = [&](int status) {
+    const std::string key = "\ninstructblip_requests_total{status=\"" + std::to_string(status) + "\"} ";
+    const auto p = m->body.find(key);
+    return p == std::string::npos ? 0 : std::atoi(m->body.c_str() + p + key.size());
+  };
+  EXPECT_GE(count(503), 2) << m->body;  // and the /health polls that came while loading
+  EXPECT_EQ(count(405), 2) << m->body;
+  EXPECT_EQ(count(413), 2) << m->body;
+  EXPECT_EQ(count(404), 1) << m->body;
+  EXPECT_EQ(server.stop(), 0);
+  fs::remove_all(dir);
 }
