@@ -326,6 +326,14 @@ class Server {
           return httplib::Server::HandlerResponse::Handled;
         }
       }
+      // httplib would read a POST body without Content-Length or Transfer-Encoding until the client
+      // closes; HTTP/1.1 says such a request has no body.
+      if ((req.method == "POST" || req.method == "PUT" || req.method == "PATCH") && !req.has_header("Content-Length") &&
+          !req.has_header("Transfer-Encoding")) {
+        send_error(res, ApiError(411, "a request body needs a Content-Length (or chunked Transfer-Encoding)",
+                                 "length_required"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
       // Without a body the key is checked here; with one, once the body is read (a refusal that
       // leaves a body unread confuses clients that send it all before reading the answer).
       const bool has_body = req.has_header("Transfer-Encoding") ||

@@ -692,6 +692,10 @@ TEST(ServerLoad, AnswersWhileLoadingAndHttpStatuses) {
   raw = raw_request(port, chunked);
   EXPECT_EQ(raw.status, 413) << raw.body;
 
+  // No Content-Length: 411 at once (not a wait for the client to close).
+  raw = raw_request(port, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\r\n");
+  EXPECT_EQ(raw.status, 411) << raw.body;
+
   auto m = cli.Get("/metrics");
   ASSERT_TRUE(m);
   auto count = [&](int status) {
@@ -703,6 +707,7 @@ TEST(ServerLoad, AnswersWhileLoadingAndHttpStatuses) {
   EXPECT_EQ(count(405), 2) << m->body;
   EXPECT_EQ(count(413), 2) << m->body;
   EXPECT_EQ(count(404), 1) << m->body;
+  EXPECT_EQ(count(411), 1) << m->body;
   EXPECT_EQ(server.stop(), 0);
   fs::remove_all(dir);
 }
