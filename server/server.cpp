@@ -357,8 +357,11 @@ class Server {
       send_json(res, res.status, error_json(m, error_type_for_status(res.status), std::to_string(res.status)));
       return httplib::Server::HandlerResponse::Handled;
     }));
-    http_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-      metrics_.count_request(res.status);
+    // Counted before the response is written (a client that reads /metrics right after its answer
+    // sees it counted); logged after (with the streamed tokens and the time).
+    http_.set_post_routing_handler(
+        [this](const httplib::Request&, httplib::Response& res) { metrics_.count_request(res.status); });
+    http_.set_logger([](const httplib::Request& req, const httplib::Response& res) {
       const double ms = t_log.start.time_since_epoch().count() ? ms_since(t_log.start) : 0.0;
       std::string tokens;
       if (t_log.prompt_tokens >= 0)
