@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake g++ make pkg-config libeigen3-dev libsentencepiece-dev libstb-dev nlohmann-json3-dev
           libgtest-dev libbenchmark-dev libjpeg62-turbo-dev libutf8proc-dev libwebp-dev clang libclang-rt-14-dev
-          libarchive-dev)
+          libarchive-dev libcpp-httplib-dev)
 missing=()
 # and for the one-node Slurm cluster test (tests/cluster; skipped without them)
 packages+=(slurm-wlm munge)

@@ -2,7 +2,7 @@
 # Builds and runs the whole test suite through CTest, in three configurations:
 #  1. build/       Release: every unit, reference, CLI and package test, and the one-node Slurm cluster test.
 #  2. build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer: the same tests (but the real-width
-#                  ViT-g shape test) plus a short libFuzzer run of every parser harness
+#                  ViT-g shape test; the server and its load test included) plus a short libFuzzer run of every parser harness
 #                  (tests/fuzz, label "fuzz"); built with clang when its fuzzer runtime is present,
 #                  else with g++ and without the fuzzers.
 #  3. build-tsan/  ThreadSanitizer: one model serving generate() from several threads, the pool, the
@@ -19,12 +19,24 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 &&
     echo "could not install slurm-wlm munge: the cluster test will be skipped"
 fi
 
+# The server test drives instructblip-server with the official OpenAI npm client: node and npm
+# are installed when missing (as root, through apt-get; the test is skipped without them).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; } ||
+      echo "could not install nodejs / npm: the OpenAI client test (server.openai_client) will be skipped"
+  else
+    echo "node / npm not found: the OpenAI client test (server.openai_client) will be skipped"
+  fi
+fi
+
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 san_flags=(-DCMAKE_BUILD_TYPE=Sanitize -DCMAKE_CXX_FLAGS_SANITIZE="-O1 -g1" -DCMAKE_C_FLAGS_SANITIZE="-O1 -g1"
-           -DINSTRUCTBLIP_SANITIZE=ON -DINSTRUCTBLIP_BUILD_BENCHMARKS=OFF -DINSTRUCTBLIP_BUILD_EXAMPLES=OFF)
+           -DINSTRUCTBLIP_SANITIZE=ON -DINSTRUCTBLIP_BUILD_BENCHMARKS=OFF -DINSTRUCTBLIP_BUILD_EXAMPLES=OFF
+           -DINSTRUCTBLIP_BUILD_SERVER=ON)
 if command -v clang++ >/dev/null 2>&1; then
   CC=clang CXX=clang++ cmake -S . -B build-asan "${san_flags[@]}" -DINSTRUCTBLIP_FUZZ=ON
 else
