@@ -68,7 +68,8 @@ struct QuantAct {
   std::int64_t M = 0, Kp = 0;
   std::int8_t* q = nullptr;
   float* d = nullptr;
-  std::int32_t* negc = nullptr;
+  std::int32_t* negc = nullptr;  // Q4_0 (AVX-512 kernels): -8 * sum of each 4 activation bytes
+  std::uint8_t* qu = nullptr;    // Q8_0 (AVX-512 kernels): q + 128, the activations as unsigned bytes
   float* dxe = nullptr;
   Scratch mem;
 };

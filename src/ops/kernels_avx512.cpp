@@ -199,9 +199,11 @@ void gemv_bf16_avx512(const std::uint16_t* Wd, const GemvArgs& g, const float* x
 }
 
 // ---- Q8_0 / Q4_0 streaming kernels. One 512-bit step covers a pair of blocks (64 weights).
-// VNNI: weights as unsigned bytes (q8: q ^ 0x80 = q + 128; q4: the code c = q + 8) times signed
-// activation bytes with vpdpbusd, the accumulator initialised with -offset * sum(x) per 4 bytes
-// (negc) which cancels the offset exactly. Without VNNI (AVX-512BW): signed weights, the sign
+// VNNI, Q8_0: the activations as unsigned bytes (x + 128, QuantAct::qu) times the signed weights
+// with vpdpbusd, the accumulator initialised with -128 * sum(w) per 4 bytes, computed once per
+// weight step (a vpdpbusd of 128s) and shared by every activation row: exactly sum(x * w).
+// VNNI, Q4_0: the weights' codes c = q + 8 (unsigned) times signed activation bytes, the
+// accumulator initialised with -8 * sum(x) per 4 bytes (negc). Without VNNI (AVX-512BW): signed weights, the sign
 // of x moved onto w, |x| * (+-w) with vpmaddubsw (no saturation: 2 * 127 * 127 < 32767) and
 // vpmaddwd with ones.
 template <bool Q4, bool VNNI>
@@ -213,9 +215,7 @@ inline __m512i q_weights(const std::uint8_t* p) {
     if constexpr (!VNNI) c = _mm512_sub_epi8(c, _mm512_set1_epi8(8));
     return c;
   } else {
-    const __m512i v = _mm512_loadu_si512(p);
-    if constexpr (VNNI) return _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80)));
-    return v;
+    return _mm512_loadu_si512(p);  // signed, with or without VNNI
   }
 }
 
@@ -241,9 +241,11 @@ void gemv_q_avx512(const WeightMatrix& W, const GemvArgs& g, const QuantAct& qa,
   const std::int8_t* xq[MB];
   const std::int32_t* nc[MB];
   const float* dx[MB];
+  // Q8_0 with VNNI: unsigned activations times signed weights (see above)
+  constexpr bool kSwapped = VNNI && !Q4;
   for (int m = 0; m < MB; ++m) {
-    xq[m] = qa.q + (m0 + m) * Kp;
-    nc[m] = VNNI ? qa.negc + (m0 + m) * (Kp / 4) : nullptr;
+    xq[m] = kSwapped ? reinterpret_cast<const std::int8_t*>(qa.qu) + (m0 + m) * Kp : qa.q + (m0 + m) * Kp;
+    nc[m] = VNNI && Q4 ? qa.negc + (m0 + m) * (Kp / 4) : nullptr;
     dx[m] = qa.dxe + (m0 + m) * P * 16;
   }
   // One activation row (decoding): two weight rows per pass share the activation loads.
@@ -260,17 +262,20 @@ void gemv_q_avx512(const WeightMatrix& W, const GemvArgs& g, const QuantAct& qa,
       for (int m = 0; m < MB; ++m) a0[r][m] = a1[r][m] = _mm512_setzero_ps();
     }
     auto pair = [&](std::int64_t p, const __m512* sw, __m512 (*acc)[MB]) {
-      __m512i wv[R];
+      __m512i wv[R], negw[R];
       for (int r = 0; r < R; ++r) {
         prefetch_ahead(w[r] + p * step_bytes);
         wv[r] = q_weights<Q4, VNNI>(w[r] + p * step_bytes);
+        if constexpr (kSwapped)
+          negw[r] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), wv[r]));
       }
       for (int m = 0; m < MB; ++m) {
-        const __m512i negc = VNNI ? _mm512_load_si512(nc[m] + p * 16) : _mm512_setzero_si512();
+        const __m512i negc = VNNI && Q4 ? _mm512_load_si512(nc[m] + p * 16) : _mm512_setzero_si512();
         const __m512i xv = _mm512_load_si512(xq[m] + p * 64);
         const __m512 dxv = _mm512_load_ps(dx[m] + p * 16);
         for (int r = 0; r < R; ++r) {
-          const __m512i d = q_dot<VNNI>(negc, wv[r], xv);
+          const __m512i d = kSwapped ? _mm512_dpbusd_epi32(negw[r], xv, wv[r]) : q_dot<VNNI>(negc, wv[r], xv);
           acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw[r], dxv), acc[r][m]);
         }
       }
@@ -671,12 +676,21 @@ void for_row_groups(std::int64_t M, F&& f) {
   }
 }
 
+// f(b0, b1) over [n0, n1) in blocks of `block`: every row group runs over one block of weights
+// before the next, so the weights stream from memory once whatever the number of row groups.
+template <typename F>
+void in_blocks(std::int64_t n0, std::int64_t n1, std::int64_t block, F&& f) {
+  for (std::int64_t b0 = n0; b0 < n1; b0 += block) f(b0, std::min(n1, b0 + block));
+}
+
 void gemv_impl(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qap, bool vnni) {
   const std::int64_t N = W.rows(), K = g.K;
   const std::int64_t grain = std::max<std::int64_t>(1, (1 << 15) / std::max<std::int64_t>(1, K * g.M));
   if (W.layout() == WeightLayout::Panels) {
     par(0, (N + 31) / 32, (grain + 31) / 32, [&](std::int64_t p0, std::int64_t p1) {
-      for_row_groups(g.M, [&](auto mb, std::int64_t m0) { gemv_panels_avx512<decltype(mb)::value>(W, g, m0, p0, p1); });
+      in_blocks(p0, p1, 2, [&](std::int64_t b0, std::int64_t b1) {
+        for_row_groups(g.M, [&](auto mb, std::int64_t m0) { gemv_panels_avx512<decltype(mb)::value>(W, g, m0, b0, b1); });
+      });
       activate_block(g, 0, g.M, p0 * 32, std::min(N, p1 * 32));
     });
     return;
@@ -685,7 +699,9 @@ void gemv_impl(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qap, bo
     case WeightFormat::F32: {
       const auto* Wd = static_cast<const float*>(W.data());
       par(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
-        for_row_groups(g.M, [&](auto mb, std::int64_t m0) { gemv_f32_avx512<decltype(mb)::value>(Wd, g, m0, n0, n1); });
+        in_blocks(n0, n1, 32, [&](std::int64_t b0, std::int64_t b1) {
+          for_row_groups(g.M, [&](auto mb, std::int64_t m0) { gemv_f32_avx512<decltype(mb)::value>(Wd, g, m0, b0, b1); });
+        });
         activate_block(g, 0, g.M, n0, n1);
       });
       return;
@@ -697,8 +713,10 @@ void gemv_impl(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qap, bo
       arrange_bf16_act(g.x, g.ldx, g.M, K, K32, xe_p);
       const auto* Wd = static_cast<const std::uint16_t*>(W.data());
       par(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
-        for_row_groups(g.M, [&](auto mb, std::int64_t m0) {
-          gemv_bf16_avx512<decltype(mb)::value>(Wd, g, xe_p, K32, m0, n0, n1);
+        in_blocks(n0, n1, 32, [&](std::int64_t b0, std::int64_t b1) {
+          for_row_groups(g.M, [&](auto mb, std::int64_t m0) {
+            gemv_bf16_avx512<decltype(mb)::value>(Wd, g, xe_p, K32, m0, b0, b1);
+          });
         });
         activate_block(g, 0, g.M, n0, n1);
       });
@@ -709,16 +727,18 @@ void gemv_impl(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qap, bo
       const bool q4 = W.format() == WeightFormat::Q4_0;
       const QuantAct& qa = *qap;
       par(0, N, grain, [&](std::int64_t n0, std::int64_t n1) {
-        // groups of at most 4 activation rows: beyond, the accumulators no longer fit the registers
-        for_row_groups<4>(g.M, [&](auto mb, std::int64_t m0) {
-          constexpr int MB = decltype(mb)::value;
-          if (vnni) {
-            if (q4) gemv_q_avx512<true, true, MB>(W, g, qa, m0, n0, n1);
-            else gemv_q_avx512<false, true, MB>(W, g, qa, m0, n0, n1);
-            return;
-          }
-          if (q4) gemv_q_avx512<true, false, MB>(W, g, qa, m0, n0, n1);
-          else gemv_q_avx512<false, false, MB>(W, g, qa, m0, n0, n1);
+        // groups of at most 4 activation rows (beyond, the accumulators no longer fit the registers)
+        in_blocks(n0, n1, 32, [&](std::int64_t b0, std::int64_t b1) {
+          for_row_groups<4>(g.M, [&](auto mb, std::int64_t m0) {
+            constexpr int MB = decltype(mb)::value;
+            if (vnni) {
+              if (q4) gemv_q_avx512<true, true, MB>(W, g, qa, m0, b0, b1);
+              else gemv_q_avx512<false, true, MB>(W, g, qa, m0, b0, b1);
+              return;
+            }
+            if (q4) gemv_q_avx512<true, false, MB>(W, g, qa, m0, b0, b1);
+            else gemv_q_avx512<false, false, MB>(W, g, qa, m0, b0, b1);
+          });
         });
         activate_block(g, 0, g.M, n0, n1);
       });

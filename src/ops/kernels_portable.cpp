@@ -52,15 +52,17 @@ void quantize_act(const float* x, std::int64_t ldx, std::int64_t M, std::int64_t
                   int offset, bool simd_extras, QuantAct& a) {
   a.M = M;
   a.Kp = Kp;
-  // one buffer: q, d, negc, dxe (every part a multiple of 64 bytes)
+  // one buffer: q, d, negc (Q4_0) or qu (Q8_0), dxe (every part a multiple of 64 bytes)
+  const bool q8 = offset == 128;
   const std::size_t nq = std::size_t(round_up(M * Kp, 64)), nd = std::size_t(round_up(M * (Kp / QK) * 4, 64));
-  const std::size_t nc = simd_extras ? std::size_t(round_up(M * (Kp / 4) * 4, 64)) : 0;
+  const std::size_t nc = simd_extras ? (q8 ? nq : std::size_t(round_up(M * (Kp / 4) * 4, 64))) : 0;
   const std::size_t ne = simd_extras ? std::size_t(M * (Kp / 64) * 16 * 4) : 0;
   a.mem = Scratch(nq + nd + nc + ne);
   auto* base = a.mem.as<std::uint8_t>();
   a.q = reinterpret_cast<std::int8_t*>(base);
   a.d = reinterpret_cast<float*>(base + nq);
-  a.negc = simd_extras ? reinterpret_cast<std::int32_t*>(base + nq + nd) : nullptr;
+  a.negc = simd_extras && !q8 ? reinterpret_cast<std::int32_t*>(base + nq + nd) : nullptr;
+  a.qu = simd_extras && q8 ? base + nq + nd : nullptr;
   a.dxe = simd_extras ? reinterpret_cast<float*>(base + nq + nd + nc) : nullptr;
   for (std::int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;
@@ -83,9 +85,14 @@ void quantize_act(const float* x, std::int64_t ldx, std::int64_t M, std::int64_t
       }
     }
     if (simd_extras) {
-      std::int32_t* nc = a.negc + m * (Kp / 4);
-      for (std::int64_t g = 0; g < Kp / 4; ++g)
-        nc[g] = -offset * (int(q[4 * g]) + q[4 * g + 1] + q[4 * g + 2] + q[4 * g + 3]);
+      if (q8) {
+        std::uint8_t* qu = a.qu + m * Kp;
+        for (std::int64_t k = 0; k < Kp; ++k) qu[k] = std::uint8_t(int(q[k]) + 128);
+      } else {
+        std::int32_t* nc = a.negc + m * (Kp / 4);
+        for (std::int64_t g = 0; g < Kp / 4; ++g)
+          nc[g] = -offset * (int(q[4 * g]) + q[4 * g + 1] + q[4 * g + 2] + q[4 * g + 3]);
+      }
       float* e = a.dxe + m * (Kp / 64) * 16;
       for (std::int64_t p = 0; p < Kp / 64; ++p)
         for (int l = 0; l < 16; ++l) e[p * 16 + l] = d[2 * p + l / 8];
