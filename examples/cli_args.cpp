@@ -119,11 +119,12 @@ Options parse_args(int argc, const char* const* argv) {
   if (o.help || o.version) return o;
   if (o.model_dir.empty()) throw UsageError("--model DIR is required");
   if (o.images.empty()) throw UsageError("at least one --image FILE is required");
-  if (o.prompts.empty()) throw UsageError("at least one --prompt TEXT is required");
+  // --prompt may be left out for a BLIP-2 checkpoint (plain captioning); run() tells once it
+  // knows the checkpoint.
   if (o.prompts.size() > o.images.size())
     throw UsageError(std::to_string(o.prompts.size()) + " prompts for " + std::to_string(o.images.size()) +
                      " images: give one prompt per image, or one for all");
-  if (o.prompts.size() != 1 && o.prompts.size() != o.images.size())
+  if (!o.prompts.empty() && o.prompts.size() != 1 && o.prompts.size() != o.images.size())
     throw UsageError(std::to_string(o.prompts.size()) + " prompts for " + std::to_string(o.images.size()) +
                      " images: give one prompt per image, or one for all");
   if (o.num_return_sequences && o.num_beams && *o.num_return_sequences > *o.num_beams && !o.do_sample)
@@ -135,8 +136,9 @@ std::string usage(const std::string& program) {
   return "usage: " + program +
          " --model DIR --image FILE --prompt TEXT [--image FILE [--prompt TEXT]] ... [options]\n"
          "\n"
-         "Answers an instruction about an image with an InstructBLIP checkpoint in HuggingFace layout.\n"
-         "Image/prompt pairs form one batch; a single --prompt applies to every --image.\n"
+         "Answers an instruction about an image with an InstructBLIP or BLIP-2 checkpoint in HuggingFace\n"
+         "layout. Image/prompt pairs form one batch; a single --prompt applies to every --image. BLIP-2\n"
+         "checkpoints take --prompt as an optional prefix; without one they caption the image.\n"
          "\n"
          "generation (defaults: the checkpoint's generation config):\n"
          "  --max-new-tokens N        tokens to generate at most\n"

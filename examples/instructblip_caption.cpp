@@ -283,7 +283,7 @@ int run(const Options& o) {
   }
 
   if (o.gen.threads > 0) set_num_threads(o.gen.threads);
-  InstructBlipProcessor processor = InstructBlipProcessor::from_pretrained(o.gen.model_dir);
+  VisionLanguageProcessor processor = VisionLanguageProcessor::from_pretrained(o.gen.model_dir);
   LoadOptions lo;
   if (!o.gen.weights.empty()) {
     ops::WeightFormat f;
@@ -291,7 +291,7 @@ int run(const Options& o) {
     lo.weights = f;
   }
   const auto tl = Clock::now();
-  auto model = InstructBlipForConditionalGeneration::from_pretrained(o.gen.model_dir, lo);
+  auto model = VisionLanguageModel::from_pretrained(o.gen.model_dir, lo);
   log("%s: loaded %s (%s language model, %s weights) in %.1f s\n", kProg, o.gen.model_dir.c_str(),
       model.config().text_model_type().c_str(), ops::weight_format_name(model.weight_format()), seconds_since(tl));
   if (g_signal) return signal_status();

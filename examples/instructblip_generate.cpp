@@ -29,7 +29,7 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 // batch_decode(skip_special_tokens=True). A model's embedding matrix may have more rows than its
 // tokenizer has ids (Flan-T5: 32128 vs 32100); such ids have no text, so they are left out of the
 // printed answer with a warning instead of failing the whole run. `sequences` stay exact.
-std::vector<std::string> decode_texts(const InstructBlipProcessor& processor,
+std::vector<std::string> decode_texts(const VisionLanguageProcessor& processor,
                                       std::vector<std::vector<std::int64_t>> rows, bool warn) {
   const std::int64_t n = processor.tokenizer().size();
   std::size_t dropped = 0;
@@ -53,7 +53,10 @@ int run(const cli::Options& o) {
 
   // Inputs first: a bad image or prompt fails before the (slow) model load.
   auto tp = Clock::now();
-  InstructBlipProcessor processor = InstructBlipProcessor::from_pretrained(o.model_dir);
+  VisionLanguageProcessor processor = VisionLanguageProcessor::from_pretrained(o.model_dir);
+  if (o.prompts.empty() && processor.has_qformer_tokenizer())
+    throw cli::UsageError("at least one --prompt TEXT is required (an InstructBLIP checkpoint; only BLIP-2 ones "
+                          "caption without a prompt)");
   std::vector<Image> images;
   for (const auto& path : o.images) images.push_back(load_image(path));
   ProcessorOutput inputs = processor(images, o.prompts);
@@ -69,7 +72,7 @@ int run(const cli::Options& o) {
     ops::parse_weight_format(o.weights, &f);
     lo.weights = f;
   }
-  auto model = InstructBlipForConditionalGeneration::from_pretrained(o.model_dir, lo);
+  auto model = VisionLanguageModel::from_pretrained(o.model_dir, lo);
   const double load_ms = ms_since(tl);
   log("instructblip-generate: loaded %s (%s language model, %s weights) in %.0f ms\n", o.model_dir.c_str(),
       model.config().text_model_type().c_str(), ops::weight_format_name(model.weight_format()), load_ms);
@@ -90,17 +93,20 @@ int run(const cli::Options& o) {
   const auto& tm = trace.timings;
 
   if (!o.dump_path.empty()) {
-    io::save_safetensors(o.dump_path, {{"pixel_values", inputs.pixel_values},
-                                       {"qformer_input_ids", inputs.qformer_input_ids},
-                                       {"qformer_attention_mask", inputs.qformer_attention_mask},
-                                       {"input_ids", inputs.input_ids},
-                                       {"attention_mask", inputs.attention_mask},
-                                       {"vision.last_hidden_state", trace.vision.last_hidden_state},
-                                       {"vision.pooler_output", trace.vision.pooler_output},
-                                       {"qformer.last_hidden_state", trace.qformer_last_hidden_state},
-                                       {"language_model_inputs", trace.language_model_inputs},
-                                       {"first_step_logits", trace.first_step_logits},
-                                       {"sequences", ids_to_tensor(out.sequences, "sequences")}});
+    // The processor's outputs the model had (BLIP-2: no qformer_*, and no input_ids without a prompt).
+    std::vector<std::pair<std::string, Tensor>> dump{{"pixel_values", inputs.pixel_values},
+                                                     {"qformer_input_ids", inputs.qformer_input_ids},
+                                                     {"qformer_attention_mask", inputs.qformer_attention_mask},
+                                                     {"input_ids", inputs.input_ids},
+                                                     {"attention_mask", inputs.attention_mask},
+                                                     {"vision.last_hidden_state", trace.vision.last_hidden_state},
+                                                     {"vision.pooler_output", trace.vision.pooler_output},
+                                                     {"qformer.last_hidden_state", trace.qformer_last_hidden_state},
+                                                     {"language_model_inputs", trace.language_model_inputs},
+                                                     {"first_step_logits", trace.first_step_logits},
+                                                     {"sequences", ids_to_tensor(out.sequences, "sequences")}};
+    dump.erase(std::remove_if(dump.begin(), dump.end(), [](const auto& t) { return !t.second.defined(); }), dump.end());
+    io::save_safetensors(o.dump_path, dump);
     log("instructblip-generate: wrote %s\n", o.dump_path.c_str());
   }
 

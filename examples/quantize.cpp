@@ -3,9 +3,9 @@
 //
 //   instructblip-quantize --model DIR --weights q8_0 --out DIR [--max-shard-gb N]
 //
-// The output directory is a complete checkpoint: the weights (InstructBlipForConditionalGeneration::
+// The output directory is a complete checkpoint: the weights (VisionLanguageModel::
 // save_pretrained), config.json, generation_config.json and the processor / tokenizer files
-// (InstructBlipProcessor::save_pretrained).
+// (VisionLanguageProcessor::save_pretrained).
 #include <instructblip/instructblip.hpp>
 
 #include <chrono>
@@ -73,9 +73,9 @@ int main(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     LoadOptions lo;
     lo.weights = format;
-    auto model = InstructBlipForConditionalGeneration::from_pretrained(a.model, lo);
+    auto model = VisionLanguageModel::from_pretrained(a.model, lo);
     model.save_pretrained(a.out, std::size_t(a.max_shard_gb * 1e9));
-    InstructBlipProcessor::from_pretrained(a.model).save_pretrained(a.out);
+    VisionLanguageProcessor::from_pretrained(a.model).save_pretrained(a.out);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "%s: wrote %s (%s weights) in %.1f s\n", kProg, a.out.c_str(),
                  ops::weight_format_name(format), s);

@@ -264,15 +264,15 @@ class Server {
 
   void load() {
     if (o_.threads > 0) set_num_threads(o_.threads);
-    processor_ = std::make_unique<InstructBlipProcessor>(InstructBlipProcessor::from_pretrained(o_.model_dir));
+    processor_ = std::make_unique<VisionLanguageProcessor>(VisionLanguageProcessor::from_pretrained(o_.model_dir));
     LoadOptions lo;
     if (!o_.weights.empty()) {
       ops::WeightFormat f;
       ops::parse_weight_format(o_.weights, &f);
       lo.weights = f;
     }
-    model_ = std::make_unique<InstructBlipForConditionalGeneration>(
-        InstructBlipForConditionalGeneration::from_pretrained(o_.model_dir, lo));
+    model_ = std::make_unique<VisionLanguageModel>(
+        VisionLanguageModel::from_pretrained(o_.model_dir, lo));
     defaults_ = model_->generation_config();
     EngineOptions eo;
     eo.max_rows = o_.parallel;
@@ -659,8 +659,8 @@ class Server {
   ImageLoadOptions image_options_;
   httplib::Server http_;
   std::atomic<bool> loaded_{false}, stopping_{false};
-  std::unique_ptr<InstructBlipProcessor> processor_;
-  std::unique_ptr<InstructBlipForConditionalGeneration> model_;
+  std::unique_ptr<VisionLanguageProcessor> processor_;
+  std::unique_ptr<VisionLanguageModel> model_;
   std::unique_ptr<BatchEngine> engine_;
   GenerationConfig defaults_;
   Metrics metrics_;

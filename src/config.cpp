@@ -11,6 +11,7 @@
 #include <sstream>
 #include <tuple>
 #include <utility>
+#include <variant>
 
 namespace instructblip {
 namespace {
@@ -410,6 +411,10 @@ QFormerConfig QFormerConfig::from_json(const json& j, const std::string& source,
   r.get("position_embedding_type", c.position_embedding_type);
   r.get("cross_attention_frequency", c.cross_attention_frequency);
   r.get("encoder_hidden_size", c.encoder_hidden_size);
+  if (const json* v = r.find("model_type")) {
+    const std::string mt = r.as_string("model_type", *v);
+    if (mt == "instructblip_qformer" || mt == "blip_2_qformer") c.model_type = mt;  // the composite decides
+  }
   c.validate(source, key_prefix);
   return c;
 }
@@ -427,7 +432,7 @@ void QFormerConfig::validate(const std::string& source, const std::string& p) co
 }
 
 json QFormerConfig::to_json() const {
-  return json{{"model_type", "instructblip_qformer"},
+  return json{{"model_type", model_type},
               {"vocab_size", vocab_size},
               {"hidden_size", hidden_size},
               {"num_hidden_layers", num_hidden_layers},
@@ -451,7 +456,7 @@ bool QFormerConfig::operator==(const QFormerConfig& o) const {
                     c.intermediate_size, c.hidden_act, c.hidden_dropout_prob,
                     c.attention_probs_dropout_prob, c.max_position_embeddings, c.initializer_range,
                     c.layer_norm_eps, c.pad_token_id, c.position_embedding_type,
-                    c.cross_attention_frequency, c.encoder_hidden_size);
+                    c.cross_attention_frequency, c.encoder_hidden_size, c.model_type);
   };
   return t(*this) == t(o);
 }
@@ -648,7 +653,7 @@ void LlamaConfig::validate(const std::string& source, const std::string& p) cons
   if (rope_scaling) {
     if (rope_scaling->type != "linear" && rope_scaling->type != "dynamic")
       fail_key(source, p, "rope_scaling.type",
-               "must be \"linear\" or \"dynamic\", got " + quoted(rope_scaling->type));
+               "must be \"linear\" or \"dynamic\", got " + (quoted)(rope_scaling->type));
     if (!(rope_scaling->factor > 1.0))
       fail_key(source, p, "rope_scaling.factor",
                "must be a float > 1, got " + json(rope_scaling->factor).dump());
@@ -697,6 +702,93 @@ bool LlamaConfig::operator==(const LlamaConfig& o) const {
 }
 
 // =============================================================================================
+// OPTConfig
+
+OPTConfig OPTConfig::from_json(const json& j, const std::string& source, const std::string& key_prefix) {
+  Reader r(j, source, key_prefix);
+  OPTConfig c;
+  r.get("vocab_size", c.vocab_size);
+  r.get("hidden_size", c.hidden_size);
+  r.get("num_hidden_layers", c.num_hidden_layers);
+  r.get("ffn_dim", c.ffn_dim);
+  r.get("max_position_embeddings", c.max_position_embeddings);
+  r.get("do_layer_norm_before", c.do_layer_norm_before);
+  r.get("_remove_final_layer_norm", c._remove_final_layer_norm);
+  c.word_embed_proj_dim = c.hidden_size;  // None -> hidden_size
+  if (const json* v = r.find("word_embed_proj_dim"); v && !v->is_null())
+    c.word_embed_proj_dim = r.as_int("word_embed_proj_dim", *v);
+  r.get("dropout", c.dropout);
+  r.get("attention_dropout", c.attention_dropout);
+  r.get("num_attention_heads", c.num_attention_heads);
+  r.get("activation_function", c.activation_function);
+  r.get("layerdrop", c.layerdrop);
+  r.get("init_std", c.init_std);
+  r.get("use_cache", c.use_cache);
+  r.get("enable_bias", c.enable_bias);
+  r.get("layer_norm_elementwise_affine", c.layer_norm_elementwise_affine);
+  r.get("tie_word_embeddings", c.tie_word_embeddings);
+  r.get("pad_token_id", c.pad_token_id);
+  r.get("bos_token_id", c.bos_token_id);
+  r.get_ids("eos_token_id", c.eos_token_id);
+  r.get("decoder_start_token_id", c.decoder_start_token_id);
+  r.get("is_encoder_decoder", c.is_encoder_decoder);
+  r.get_strings("architectures", c.architectures);
+  c.validate(source, key_prefix);
+  return c;
+}
+
+void OPTConfig::validate(const std::string& source, const std::string& p) const {
+  require_positive(source, p, "vocab_size", vocab_size);
+  require_positive(source, p, "hidden_size", hidden_size);
+  require_non_negative(source, p, "num_hidden_layers", num_hidden_layers);
+  require_positive(source, p, "ffn_dim", ffn_dim);
+  require_positive(source, p, "max_position_embeddings", max_position_embeddings);
+  require_positive(source, p, "word_embed_proj_dim", word_embed_proj_dim);
+  require_positive(source, p, "num_attention_heads", num_attention_heads);
+  require_divides(source, p, "num_attention_heads", num_attention_heads, "hidden_size", hidden_size);
+}
+
+json OPTConfig::to_json() const {
+  return json{{"model_type", "opt"},
+              {"vocab_size", vocab_size},
+              {"hidden_size", hidden_size},
+              {"num_hidden_layers", num_hidden_layers},
+              {"ffn_dim", ffn_dim},
+              {"max_position_embeddings", max_position_embeddings},
+              {"do_layer_norm_before", do_layer_norm_before},
+              {"_remove_final_layer_norm", _remove_final_layer_norm},
+              {"word_embed_proj_dim", word_embed_proj_dim},
+              {"dropout", dropout},
+              {"attention_dropout", attention_dropout},
+              {"num_attention_heads", num_attention_heads},
+              {"activation_function", activation_function},
+              {"layerdrop", layerdrop},
+              {"init_std", init_std},
+              {"use_cache", use_cache},
+              {"enable_bias", enable_bias},
+              {"layer_norm_elementwise_affine", layer_norm_elementwise_affine},
+              {"tie_word_embeddings", tie_word_embeddings},
+              {"pad_token_id", opt_to_json(pad_token_id)},
+              {"bos_token_id", opt_to_json(bos_token_id)},
+              {"eos_token_id", ids_to_json(eos_token_id)},
+              {"decoder_start_token_id", opt_to_json(decoder_start_token_id)},
+              {"is_encoder_decoder", is_encoder_decoder},
+              {"architectures", strings_to_json(architectures)}};
+}
+
+bool OPTConfig::operator==(const OPTConfig& o) const {
+  auto t = [](const OPTConfig& c) {
+    return std::tie(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.ffn_dim, c.max_position_embeddings,
+                    c.do_layer_norm_before, c._remove_final_layer_norm, c.word_embed_proj_dim, c.dropout,
+                    c.attention_dropout, c.num_attention_heads, c.activation_function, c.layerdrop, c.init_std,
+                    c.use_cache, c.enable_bias, c.layer_norm_elementwise_affine, c.tie_word_embeddings,
+                    c.pad_token_id, c.bos_token_id, c.eos_token_id, c.decoder_start_token_id, c.is_encoder_decoder,
+                    c.architectures);
+  };
+  return t(*this) == t(o);
+}
+
+// =============================================================================================
 // GenerationConfig
 
 GenerationConfig GenerationConfig::from_json(const json& j, const std::string& source,
@@ -726,21 +818,15 @@ GenerationConfig GenerationConfig::merged_with_file(const std::string& path) con
 
 GenerationConfig GenerationConfig::from_model_config(const InstructBlipConfig& config) {
   GenerationConfig g = from_json(config.text_generation_attributes, "text_config");
-  if (config.is_t5()) {
-    const T5Config& t = config.t5();
-    g.pad_token_id = t.pad_token_id;
-    g.bos_token_id = t.bos_token_id;
-    g.eos_token_id = t.eos_token_id;
-    g.decoder_start_token_id = t.decoder_start_token_id;
-    g.use_cache = t.use_cache;
-  } else {
-    const LlamaConfig& t = config.llama();
-    g.pad_token_id = t.pad_token_id;
-    g.bos_token_id = t.bos_token_id;
-    g.eos_token_id = t.eos_token_id;
-    g.decoder_start_token_id = t.decoder_start_token_id;
-    g.use_cache = t.use_cache;
-  }
+  std::visit(
+      [&g](const auto& t) {
+        g.pad_token_id = t.pad_token_id;
+        g.bos_token_id = t.bos_token_id;
+        g.eos_token_id = t.eos_token_id;
+        g.decoder_start_token_id = t.decoder_start_token_id;
+        g.use_cache = t.use_cache;
+      },
+      config.text_config);
   return g;
 }
 
@@ -810,54 +896,63 @@ bool GenerationConfig::operator==(const GenerationConfig& o) const {
 
 const T5Config& InstructBlipConfig::t5() const {
   if (const auto* t = std::get_if<T5Config>(&text_config)) return *t;
-  throw ConfigError("InstructBlipConfig: text_config holds a \"llama\" config, not \"t5\"");
+  throw ConfigError("InstructBlipConfig: text_config holds a \"" + text_model_type() + "\" config, not \"t5\"");
 }
 T5Config& InstructBlipConfig::t5() {
   return const_cast<T5Config&>(static_cast<const InstructBlipConfig&>(*this).t5());
 }
 const LlamaConfig& InstructBlipConfig::llama() const {
   if (const auto* t = std::get_if<LlamaConfig>(&text_config)) return *t;
-  throw ConfigError("InstructBlipConfig: text_config holds a \"t5\" config, not \"llama\"");
+  throw ConfigError("InstructBlipConfig: text_config holds a \"" + text_model_type() + "\" config, not \"llama\"");
 }
 LlamaConfig& InstructBlipConfig::llama() {
   return const_cast<LlamaConfig&>(static_cast<const InstructBlipConfig&>(*this).llama());
 }
+const OPTConfig& InstructBlipConfig::opt() const {
+  if (const auto* t = std::get_if<OPTConfig>(&text_config)) return *t;
+  throw ConfigError("InstructBlipConfig: text_config holds a \"" + text_model_type() + "\" config, not \"opt\"");
+}
+OPTConfig& InstructBlipConfig::opt() {
+  return const_cast<OPTConfig&>(static_cast<const InstructBlipConfig&>(*this).opt());
+}
 
 std::int64_t InstructBlipConfig::text_hidden_size() const {
-  return is_t5() ? t5().d_model : llama().hidden_size;
+  return is_t5() ? t5().d_model : is_llama() ? llama().hidden_size : opt().hidden_size;
 }
 std::int64_t InstructBlipConfig::text_vocab_size() const {
-  return is_t5() ? t5().vocab_size : llama().vocab_size;
+  return std::visit([](const auto& t) { return t.vocab_size; }, text_config);
 }
 std::optional<std::int64_t> InstructBlipConfig::text_pad_token_id() const {
-  return is_t5() ? t5().pad_token_id : llama().pad_token_id;
+  return std::visit([](const auto& t) { return t.pad_token_id; }, text_config);
 }
 std::optional<std::int64_t> InstructBlipConfig::text_bos_token_id() const {
-  return is_t5() ? t5().bos_token_id : llama().bos_token_id;
+  return std::visit([](const auto& t) { return t.bos_token_id; }, text_config);
 }
 std::vector<std::int64_t> InstructBlipConfig::text_eos_token_id() const {
-  return is_t5() ? t5().eos_token_id : llama().eos_token_id;
+  return std::visit([](const auto& t) { return t.eos_token_id; }, text_config);
 }
 
 void InstructBlipConfig::finalize() {
   qformer_config.encoder_hidden_size = vision_config.hidden_size;
-  use_decoder_only_language_model = is_llama();  // llama is in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+  qformer_config.model_type = is_blip2() ? "blip_2_qformer" : "instructblip_qformer";
+  // llama and opt are in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, t5 is not
+  use_decoder_only_language_model = !is_t5();
   initializer_factor = 1.0;
   initializer_range = 0.02;
-  if (is_t5()) {
-    tie_word_embeddings = t5().tie_word_embeddings;
-    is_encoder_decoder = t5().is_encoder_decoder;
-  } else {
-    tie_word_embeddings = llama().tie_word_embeddings;
-    is_encoder_decoder = llama().is_encoder_decoder;
-  }
+  std::visit(
+      [this](const auto& t) {
+        tie_word_embeddings = t.tie_word_embeddings;
+        is_encoder_decoder = t.is_encoder_decoder;
+      },
+      text_config);
 }
 
 void InstructBlipConfig::validate(const std::string& source) const {
+  if (model_type != "instructblip" && model_type != "blip-2")
+    throw ConfigError(source + ": model_type: expected \"instructblip\" or \"blip-2\", got " + (quoted)(model_type));
   vision_config.validate(source, "vision_config.");
   qformer_config.validate(source, "qformer_config.");
-  if (is_t5()) t5().validate(source, "text_config.");
-  else llama().validate(source, "text_config.");
+  std::visit([&source](const auto& t) { t.validate(source, "text_config."); }, text_config);
   require_positive(source, "", "num_query_tokens", num_query_tokens);
   if (!text_generation_attributes.is_object())
     throw ConfigError(source + ": text_generation_attributes: expected an object");
@@ -865,40 +960,40 @@ void InstructBlipConfig::validate(const std::string& source) const {
 
 InstructBlipConfig InstructBlipConfig::from_json(const json& j, const std::string& source) {
   Reader r(j, source, "");
+  InstructBlipConfig c;
   if (const json* v = r.find("model_type")) {
-    const std::string mt = r.as_string("model_type", *v);
-    if (mt != "instructblip")
-      r.fail("model_type", "expected \"instructblip\", got " + quoted(mt));
+    c.model_type = r.as_string("model_type", *v);
+    if (c.model_type != "instructblip" && c.model_type != "blip-2")
+      r.fail("model_type", "expected \"instructblip\" or \"blip-2\", got " + (quoted)(c.model_type));
   }
 
-  InstructBlipConfig c;
   if (const json* v = r.find("vision_config"); v && !v->is_null())
     c.vision_config = VisionConfig::from_json(*v, source, "vision_config.");
   if (const json* v = r.find("qformer_config"); v && !v->is_null())
     c.qformer_config = QFormerConfig::from_json(*v, source, "qformer_config.");
 
+  // No text_config, or one without model_type, is OPT (configuration_blip_2.py:323 and the
+  // InstructBLIP equivalent: text_config.get("model_type", "opt")).
+  static const json kEmpty = json::object();
   const json* t = r.find("text_config");
-  if (!t || t->is_null())
-    throw ConfigError(source +
-                      ": text_config.model_type: missing (no text_config given; HF would default to "
-                      "\"opt\"), only \"t5\" and \"llama\" language models are supported");
-  if (!t->is_object()) r.fail("text_config", std::string("expected an object, got ") + type_name(*t));
-  const auto mt_it = t->find("model_type");
-  if (mt_it == t->end())
-    throw ConfigError(source +
-                      ": text_config.model_type: missing (HF would default to \"opt\"), only \"t5\" "
-                      "and \"llama\" language models are supported");
-  if (!mt_it->is_string())
-    throw ConfigError(source + ": text_config.model_type: expected a string, got " +
-                      type_name(*mt_it));
-  const std::string text_type = mt_it->get<std::string>();
+  if (t && !t->is_null() && !t->is_object())
+    r.fail("text_config", std::string("expected an object, got ") + type_name(*t));
+  if (!t || t->is_null()) t = &kEmpty;
+  std::string text_type = "opt";
+  if (const auto mt_it = t->find("model_type"); mt_it != t->end()) {
+    if (!mt_it->is_string())
+      throw ConfigError(source + ": text_config.model_type: expected a string, got " + type_name(*mt_it));
+    text_type = mt_it->get<std::string>();
+  }
   if (text_type == "t5") {
     c.text_config = T5Config::from_json(*t, source, "text_config.");
   } else if (text_type == "llama") {
     c.text_config = LlamaConfig::from_json(*t, source, "text_config.");
+  } else if (text_type == "opt") {
+    c.text_config = OPTConfig::from_json(*t, source, "text_config.");
   } else {
     throw ConfigError(source + ": text_config.model_type: unsupported language model type " +
-                      quoted(text_type) + ", only \"t5\" and \"llama\" are supported");
+                      (quoted)(text_type) + ", only \"t5\", \"llama\" and \"opt\" are supported");
   }
   c.text_generation_attributes = json::object();
   for (const char* key : kGenerationAttributeKeys)
@@ -954,10 +1049,31 @@ InstructBlipConfig InstructBlipConfig::from_vision_qformer_text_configs(const Vi
   return c;
 }
 
+InstructBlipConfig InstructBlipConfig::from_vision_qformer_text_configs(const VisionConfig& vision,
+                                                                        const QFormerConfig& qformer,
+                                                                        const OPTConfig& text,
+                                                                        std::int64_t num_query_tokens) {
+  InstructBlipConfig c;
+  c.vision_config = vision;
+  c.qformer_config = qformer;
+  c.text_config = text;
+  c.num_query_tokens = num_query_tokens;
+  c.finalize();
+  c.validate("from_vision_qformer_text_configs");
+  return c;
+}
+
+InstructBlipConfig InstructBlipConfig::as_blip2() const {
+  InstructBlipConfig c = *this;
+  c.model_type = "blip-2";
+  c.finalize();
+  return c;
+}
+
 json InstructBlipConfig::to_json() const {
-  json text = is_t5() ? t5().to_json() : llama().to_json();
+  json text = std::visit([](const auto& t) { return t.to_json(); }, text_config);
   for (const auto& item : text_generation_attributes.items()) text[item.key()] = item.value();
-  return json{{"model_type", "instructblip"},
+  return json{{"model_type", model_type},
               {"vision_config", vision_config.to_json()},
               {"qformer_config", qformer_config.to_json()},
               {"text_config", std::move(text)},
@@ -972,7 +1088,7 @@ json InstructBlipConfig::to_json() const {
 
 bool InstructBlipConfig::operator==(const InstructBlipConfig& o) const {
   auto t = [](const InstructBlipConfig& c) {
-    return std::tie(c.vision_config, c.qformer_config, c.text_config, c.num_query_tokens,
+    return std::tie(c.model_type, c.vision_config, c.qformer_config, c.text_config, c.num_query_tokens,
                     c.use_decoder_only_language_model, c.initializer_factor, c.initializer_range,
                     c.tie_word_embeddings, c.is_encoder_decoder, c.architectures,
                     c.text_generation_attributes);

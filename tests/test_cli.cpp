@@ -53,9 +53,9 @@ Result run_cli(const std::vector<std::string>& args) { return run_program(IB_CLI
 std::vector<std::string> input_args(const Reference& ref, const std::string& input) {
   std::vector<std::string> a = {"--model", ref.model_dir()};
   const auto& in = ref.json["inputs"][input];
-  std::vector<std::string> texts;
+  std::vector<std::string> texts;  // none: BLIP-2 input c (no prompt)
   if (in["text"].is_string()) texts.push_back(in["text"].get<std::string>());
-  else texts = in["text"].get<std::vector<std::string>>();
+  else if (in["text"].is_array()) texts = in["text"].get<std::vector<std::string>>();
   std::size_t i = 0;
   for (const auto& f : in["images"]) {
     const std::string path = f.get<std::string>();
@@ -87,14 +87,27 @@ bool one_line(const std::string& s) { return !s.empty() && s.find('\n') == s.siz
 
 class CliReference : public ::testing::TestWithParam<std::string> {};
 
+bool is_blip2(const std::string& name) { return name.rfind("blip2-", 0) == 0; }
+
+// BLIP-2 fixtures also have input c: an image without a prompt (greedy, max_new_tokens 20).
+std::vector<std::string> inputs_of(const std::string& name) {
+  if (is_blip2(name)) return {"a", "b", "c"};
+  return {"a", "b"};
+}
+
 TEST_P(CliReference, JsonSequencesAndTextsEqualTransformers) {
   Reference ref(GetParam());
-  for (const std::string input : {"a", "b"})
+  int runs = 0;
+  for (const std::string& input : inputs_of(GetParam()))
     for (auto it = ref.json["generation"].begin(); it != ref.json["generation"].end(); ++it) {
+      if (!it.value().contains(input)) continue;
       auto args = input_args(ref, input);
       args.push_back("--json");
       args.push_back("--quiet");
-      for (const auto& a : kwargs_args(it.value()["kwargs"])) args.push_back(a);
+      if (input == "c") args.insert(args.end(), {"--max-new-tokens", "20"});
+      else
+        for (const auto& a : kwargs_args(it.value()["kwargs"])) args.push_back(a);
+      ++runs;
       Result r = run_cli(args);
       ASSERT_EQ(r.status, 0) << r.err;
       EXPECT_TRUE(r.err.empty()) << r.err;  // --quiet
@@ -103,6 +116,7 @@ TEST_P(CliReference, JsonSequencesAndTextsEqualTransformers) {
       EXPECT_EQ(j["texts"], it.value()[input]["text"]) << it.key();
       for (const char* k : {"load", "vision", "qformer", "prefill", "decode"}) EXPECT_TRUE(j["timings_ms"].contains(k));
     }
+  EXPECT_EQ(runs, is_blip2(GetParam()) ? 9 : 8);
 }
 
 TEST_P(CliReference, DumpTensorsEqualReferenceStages) {
@@ -117,8 +131,11 @@ TEST_P(CliReference, DumpTensorsEqualReferenceStages) {
     for (const char* k : {"pixel_values", "vision.last_hidden_state", "vision.pooler_output", "qformer.last_hidden_state",
                           "language_model_inputs"})
       EXPECT_LE(ibtest::max_abs_diff(d.get(k), ref.get(input + "." + k)), 1e-4) << k;
-    for (const char* k : {"input_ids", "attention_mask", "qformer_input_ids", "qformer_attention_mask"})
-      EXPECT_TRUE(ibtest::same_ids(d.get(k), ref.get(input + "." + k))) << k;
+    for (const char* k : {"input_ids", "attention_mask"}) EXPECT_TRUE(ibtest::same_ids(d.get(k), ref.get(input + "." + k))) << k;
+    for (const char* k : {"qformer_input_ids", "qformer_attention_mask"}) {
+      if (is_blip2(GetParam())) EXPECT_FALSE(d.contains(k)) << k;  // the BLIP-2 Q-Former takes no instruction
+      else EXPECT_TRUE(ibtest::same_ids(d.get(k), ref.get(input + "." + k))) << k;
+    }
     // first_step_logits = the greedy run's first scores (no logits processor is active there)
     Tensor scores = ref.get(input + ".gen.greedy.scores");  // [B, steps, V]
     Tensor first = d.get("first_step_logits");             // [B, V]
@@ -156,8 +173,13 @@ TEST_P(CliReference, PlainModeStreamsTheAnswer) {
   EXPECT_NE(r.err.find("ms/token"), std::string::npos); // timing summary
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CliReference, ::testing::Values("t5-tiny", "llama-tiny"),
-                         [](const auto& info) { return info.param == "t5-tiny" ? std::string("t5_tiny") : std::string("llama_tiny"); });
+INSTANTIATE_TEST_SUITE_P(Fixtures, CliReference,
+                         ::testing::Values("t5-tiny", "llama-tiny", "blip2-opt-tiny", "blip2-t5-tiny"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
 
 TEST(Cli, HelpAndVersion) {
   Result h = run_cli({"--help"});

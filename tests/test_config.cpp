@@ -748,25 +748,38 @@ TEST(ConfigErrors, WrongType) {
 
 TEST(ConfigErrors, UnsupportedModelType) {
   json j = read_json(t5_config_path());
-  j["text_config"]["model_type"] = "opt";
-  expect_config_file_error("opt_model_type.json", j, {"text_config.model_type", "\"opt\""});
+  j["text_config"]["model_type"] = "gpt2";
+  expect_config_file_error("gpt2_model_type.json", j, {"text_config.model_type", "\"gpt2\"", "\"opt\""});
 
   j["text_config"]["model_type"] = 5;
   expect_config_file_error("int_model_type.json", j,
                            {"text_config.model_type", "expected a string, got integer"});
 
   j = read_json(t5_config_path());
-  j["model_type"] = "blip-2";
-  expect_config_file_error("blip2_model_type.json", j, {"model_type", "blip-2"});
+  j["model_type"] = "llava";
+  expect_config_file_error("llava_model_type.json", j, {"model_type", "llava", "blip-2"});
 }
 
-TEST(ConfigErrors, MissingTextConfigModelType) {
+TEST(Config, MissingTextConfigModelTypeIsOpt) {
+  // text_config.get("model_type", "opt"), as transformers reads it
   json j = read_json(llama_config_path());
   j["text_config"].erase("model_type");
-  expect_config_file_error("missing_model_type.json", j, {"text_config.model_type", "opt"});
+  j["text_config"].erase("rope_scaling");
+  auto c = ib::InstructBlipConfig::from_json(j, "no model_type");
+  EXPECT_EQ(c.text_model_type(), "opt");
+  EXPECT_EQ(c.opt().hidden_size, j["text_config"]["hidden_size"].get<std::int64_t>());
+  EXPECT_TRUE(c.use_decoder_only_language_model);
 
   j.erase("text_config");
-  expect_config_file_error("missing_text_config.json", j, {"text_config", "opt"});
+  c = ib::InstructBlipConfig::from_json(j, "no text_config");
+  EXPECT_EQ(c.opt(), ib::OPTConfig());  // OPTConfig() defaults
+  EXPECT_EQ(c.model_type, "instructblip");
+
+  j["model_type"] = "blip-2";
+  c = ib::InstructBlipConfig::from_json(j, "blip-2");
+  EXPECT_TRUE(c.is_blip2());
+  EXPECT_EQ(c.qformer_config.model_type, "blip_2_qformer");
+  EXPECT_EQ(ib::InstructBlipConfig::from_json(c.to_json(), "round trip"), c);
 }
 
 TEST(ConfigErrors, HeadsNotDividingHiddenSize) {

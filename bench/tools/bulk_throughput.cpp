@@ -86,8 +86,8 @@ int main(int argc, char** argv) try {
   if (!ops::parse_weight_format(weights, &wf)) usage(("unknown --weights " + weights).c_str());
   lo.weights = wf;
   const auto t_load = Clock::now();
-  const auto model = InstructBlipForConditionalGeneration::from_pretrained(model_dir, lo);
-  const auto processor = InstructBlipProcessor::from_pretrained(model_dir);
+  const auto model = VisionLanguageModel::from_pretrained(model_dir, lo);
+  const auto processor = VisionLanguageProcessor::from_pretrained(model_dir);
   std::printf("cpu: %s\nkernels: %s\nthreads: %d | weights: %s | loaded in %.1f s\n", ops::cpu_model().c_str(),
               ops::cpu_features().c_str(), num_threads(), weights.c_str(), ms_since(t_load) / 1000);
   std::ofstream json_out;

@@ -1,10 +1,11 @@
 #pragma once
 // Configuration structs mirroring HuggingFace transformers 4.36.2:
-//   VisionConfig      <- InstructBlipVisionConfig
-//   QFormerConfig     <- InstructBlipQFormerConfig
+//   VisionConfig      <- InstructBlipVisionConfig / Blip2VisionConfig
+//   QFormerConfig     <- InstructBlipQFormerConfig / Blip2QFormerConfig
 //   T5Config          <- T5Config
 //   LlamaConfig       <- LlamaConfig
-//   InstructBlipConfig<- InstructBlipConfig (config.json)
+//   OPTConfig         <- OPTConfig
+//   InstructBlipConfig<- InstructBlipConfig / Blip2Config (config.json; model_type tells which)
 //   GenerationConfig  <- GenerationConfig (generation_config.json)
 //
 // Field names are the HF attribute names; default member values are the HF class defaults.
@@ -93,6 +94,12 @@ struct QFormerConfig {
   std::int64_t cross_attention_frequency = 2;
   /// Overwritten with vision_config.hidden_size by InstructBlipConfig (as HF does).
   std::int64_t encoder_hidden_size = 1408;
+  /// "instructblip_qformer" (the instruction is an input: word / position embeddings, text FFN) or
+  /// "blip_2_qformer" (queries only: LayerNorm(query_tokens) is the input, no embeddings, no text
+  /// FFN; vocab_size / max_position_embeddings / pad_token_id unused). Set by the composite
+  /// config from its own model_type, as Blip2Config / InstructBlipConfig build their Q-Former config.
+  std::string model_type = "instructblip_qformer";
+  bool takes_instruction() const { return model_type != "blip_2_qformer"; }
 
   std::int64_t head_dim() const { return hidden_size / num_attention_heads; }
   /// True for layers that cross-attend to the image: layer_idx % cross_attention_frequency == 0.
@@ -230,6 +237,48 @@ struct LlamaConfig {
 };
 
 // ---------------------------------------------------------------------------------------------
+// OPT language model (BLIP-2-OPT).
+struct OPTConfig {
+  std::int64_t vocab_size = 50272;
+  std::int64_t hidden_size = 768;
+  std::int64_t num_hidden_layers = 12;
+  std::int64_t ffn_dim = 3072;
+  std::int64_t max_position_embeddings = 2048;
+  bool do_layer_norm_before = true;
+  bool _remove_final_layer_norm = false;
+  /// JSON null / absent -> hidden_size (HF). A different value means project_in / project_out
+  /// layers (OPT-350m), which BLIP-2 cannot use (transformers 4.36.2 fails in torch.cat): the
+  /// model refuses it with ConfigError.
+  std::int64_t word_embed_proj_dim = 768;
+  double dropout = 0.1;
+  double attention_dropout = 0.0;
+  std::int64_t num_attention_heads = 12;
+  std::string activation_function = "relu";
+  double layerdrop = 0.0;
+  double init_std = 0.02;
+  bool use_cache = true;
+  bool enable_bias = true;
+  bool layer_norm_elementwise_affine = true;
+  bool tie_word_embeddings = true;
+  std::optional<std::int64_t> pad_token_id = 1;
+  std::optional<std::int64_t> bos_token_id = 2;
+  std::vector<std::int64_t> eos_token_id = {2};
+  std::optional<std::int64_t> decoder_start_token_id;  // PretrainedConfig default: None
+  bool is_encoder_decoder = false;
+  std::vector<std::string> architectures;
+
+  std::int64_t head_dim() const { return hidden_size / num_attention_heads; }
+
+  static OPTConfig from_json(const nlohmann::json& j, const std::string& source, const std::string& key_prefix = "");
+  nlohmann::json to_json() const;  // includes "model_type": "opt"
+  /// Non-positive sizes, hidden_size % num_attention_heads -> ConfigError.
+  void validate(const std::string& source, const std::string& key_prefix = "") const;
+
+  bool operator==(const OPTConfig& o) const;
+  bool operator!=(const OPTConfig& o) const { return !(*this == o); }
+};
+
+// ---------------------------------------------------------------------------------------------
 // Generation settings (HF generation/configuration_utils.py names and defaults).
 enum class EarlyStopping {
   False,  // JSON false: heuristic stop (HF default)
@@ -316,19 +365,23 @@ struct GenerationConfig {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The composite model config (config.json).
+// The composite model config (config.json) of both families: InstructBLIP (model_type
+// "instructblip": the instruction also feeds the Q-Former) and BLIP-2 (model_type "blip-2": the
+// Q-Former sees only its queries). Blip2Config is the same struct.
 struct InstructBlipConfig {
+  /// "instructblip" or "blip-2".
+  std::string model_type = "instructblip";
   VisionConfig vision_config;
   QFormerConfig qformer_config;
-  /// The language model config. HF's default (no text_config) is OPT, which this library does not
-  /// support, so a default-constructed InstructBlipConfig holds T5Config defaults (the documented
-  /// flan-t5 flavour); from_json requires text_config.model_type "t5" or "llama".
-  std::variant<T5Config, LlamaConfig> text_config;
+  /// The language model config. from_json reads text_config.model_type "t5", "llama" or "opt"; a
+  /// text_config without model_type (or none at all) is OPT, as HF reads it. A default-constructed
+  /// config holds T5Config defaults (the documented flan-t5 flavour).
+  std::variant<T5Config, LlamaConfig, OPTConfig> text_config;
   std::int64_t num_query_tokens = 32;
 
   // Derived exactly as InstructBlipConfig.__init__ does (values in the JSON are type-checked but
   // otherwise ignored, since HF overwrites them):
-  /// text model type is in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES: llama -> true, t5 -> false.
+  /// text model type is in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES: llama, opt -> true, t5 -> false.
   bool use_decoder_only_language_model = false;
   /// Hard-coded to 1.0 by HF.
   double initializer_factor = 1.0;
@@ -345,16 +398,20 @@ struct InstructBlipConfig {
   /// GenerationConfig::from_model_config and written back into text_config by to_json.
   nlohmann::json text_generation_attributes = nlohmann::json::object();
 
+  bool is_blip2() const { return model_type == "blip-2"; }
   bool is_t5() const { return std::holds_alternative<T5Config>(text_config); }
   bool is_llama() const { return std::holds_alternative<LlamaConfig>(text_config); }
-  /// "t5" or "llama".
-  std::string text_model_type() const { return is_t5() ? "t5" : "llama"; }
-  /// The held text config; throws ConfigError if the other kind is held.
+  bool is_opt() const { return std::holds_alternative<OPTConfig>(text_config); }
+  /// "t5", "llama" or "opt".
+  std::string text_model_type() const { return is_t5() ? "t5" : is_llama() ? "llama" : "opt"; }
+  /// The held text config; throws ConfigError if another kind is held.
   const T5Config& t5() const;
   T5Config& t5();
   const LlamaConfig& llama() const;
   LlamaConfig& llama();
-  /// d_model (T5) or hidden_size (LLaMA): the output width of language_projection.
+  const OPTConfig& opt() const;
+  OPTConfig& opt();
+  /// d_model (T5) or hidden_size (LLaMA, OPT): the output width of language_projection.
   std::int64_t text_hidden_size() const;
   std::int64_t text_vocab_size() const;
   /// Token ids of the language model (from the text config).
@@ -382,13 +439,22 @@ struct InstructBlipConfig {
                                                              const QFormerConfig& qformer,
                                                              const LlamaConfig& text,
                                                              std::int64_t num_query_tokens = 32);
+  static InstructBlipConfig from_vision_qformer_text_configs(const VisionConfig& vision,
+                                                             const QFormerConfig& qformer,
+                                                             const OPTConfig& text,
+                                                             std::int64_t num_query_tokens = 32);
+  /// The same config as a BLIP-2 one (model_type "blip-2", Q-Former "blip_2_qformer").
+  InstructBlipConfig as_blip2() const;
 
-  /// Full JSON, "model_type": "instructblip", sub-configs under vision_config / qformer_config /
+  /// Full JSON, "model_type" "instructblip" / "blip-2", sub-configs under vision_config / qformer_config /
   /// text_config (text_generation_attributes merged into text_config).
   nlohmann::json to_json() const;
 
   bool operator==(const InstructBlipConfig& o) const;
   bool operator!=(const InstructBlipConfig& o) const { return !(*this == o); }
 };
+
+/// Blip2Config: config.json of a BLIP-2 checkpoint (model_type "blip-2").
+using Blip2Config = InstructBlipConfig;
 
 }  // namespace instructblip

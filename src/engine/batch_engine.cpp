@@ -84,8 +84,8 @@ struct BatchEngine::Impl {
   };
   using JobPtr = std::shared_ptr<Job>;
 
-  const InstructBlipForConditionalGeneration& model;
-  const InstructBlipProcessor& processor;
+  const VisionLanguageModel& model;
+  const VisionLanguageProcessor& processor;
   EngineOptions options;
 
   mutable std::mutex mu;
@@ -103,7 +103,7 @@ struct BatchEngine::Impl {
   std::vector<std::thread> prep_threads;
   std::thread model_thread;
 
-  Impl(const InstructBlipForConditionalGeneration& m, const InstructBlipProcessor& p, EngineOptions o)
+  Impl(const VisionLanguageModel& m, const VisionLanguageProcessor& p, EngineOptions o)
       : model(m), processor(p), options(std::move(o)) {}
 
   // ---- completion ---------------------------------------------------------------------------
@@ -535,7 +535,7 @@ struct BatchEngine::Impl {
   }
 };
 
-BatchEngine::BatchEngine(const InstructBlipForConditionalGeneration& model, const InstructBlipProcessor& processor,
+BatchEngine::BatchEngine(const VisionLanguageModel& model, const VisionLanguageProcessor& processor,
                          EngineOptions options)
     : impl_(std::make_unique<Impl>(model, processor, std::move(options))) {
   const EngineOptions& o = impl_->options;

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "instructblip/models/llama.hpp"
+#include "instructblip/models/opt.hpp"
 #include "instructblip/models/t5.hpp"
 #include "instructblip/processing/processor.hpp"
 #include "../internal/util.hpp"
@@ -156,7 +157,7 @@ void check_alias(const io::Checkpoint& ck, const std::string& alias, const std::
 
 }  // namespace
 
-struct InstructBlipForConditionalGeneration::Impl {
+struct VisionLanguageModel::Impl {
   InstructBlipConfig config;
   GenerationConfig generation_config;
   io::Checkpoint checkpoint;
@@ -228,6 +229,9 @@ struct InstructBlipForConditionalGeneration::Impl {
                   const Tensor& input_ids_in, const Tensor& attention_mask_in) const {
     if (B > limits.max_rows)
       throw InvalidArgument(over_limit("the image batch", B, "max_rows", limits.max_rows));
+    if (qformer_input_ids.defined() && config.is_blip2())
+      throw InvalidArgument("qformer_input_ids given to a BLIP-2 model: its Q-Former takes no instruction (only "
+                            "InstructBLIP checkpoints do)");
     if (qformer_input_ids.defined()) {
       if (qformer_input_ids.dtype() != DType::I64 || qformer_input_ids.ndim() != 2 || qformer_input_ids.dim(0) != B)
         throw InvalidArgument("qformer_input_ids must be int64 [B, T] with B = " + std::to_string(B) + ", got " +
@@ -293,20 +297,40 @@ struct InstructBlipForConditionalGeneration::Impl {
   }
 };
 
-InstructBlipForConditionalGeneration::InstructBlipForConditionalGeneration(std::unique_ptr<Impl> impl)
+VisionLanguageModel::VisionLanguageModel(std::unique_ptr<Impl> impl)
     : impl_(std::move(impl)) {}
-InstructBlipForConditionalGeneration::InstructBlipForConditionalGeneration(
-    InstructBlipForConditionalGeneration&&) noexcept = default;
-InstructBlipForConditionalGeneration& InstructBlipForConditionalGeneration::operator=(
-    InstructBlipForConditionalGeneration&&) noexcept = default;
-InstructBlipForConditionalGeneration::~InstructBlipForConditionalGeneration() = default;
+VisionLanguageModel::VisionLanguageModel(
+    VisionLanguageModel&&) noexcept = default;
+VisionLanguageModel& VisionLanguageModel::operator=(
+    VisionLanguageModel&&) noexcept = default;
+VisionLanguageModel::~VisionLanguageModel() = default;
+
+VisionLanguageModel VisionLanguageModel::from_pretrained(const std::string& dir, const LoadOptions& options) {
+  return load(dir, options, "");
+}
 
 InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_pretrained(const std::string& dir,
                                                                                          const LoadOptions& options) {
+  return InstructBlipForConditionalGeneration(load(dir, options, "instructblip"));
+}
+
+Blip2ForConditionalGeneration Blip2ForConditionalGeneration::from_pretrained(const std::string& dir,
+                                                                           const LoadOptions& options) {
+  return Blip2ForConditionalGeneration(load(dir, options, "blip-2"));
+}
+
+VisionLanguageModel VisionLanguageModel::load(const std::string& dir, const LoadOptions& options,
+                                              const std::string& expected_model_type) {
   auto impl = std::make_unique<Impl>();
   options.limits.validate();
   impl->limits = options.limits;
   impl->config = InstructBlipConfig::from_json_file(dir + "/config.json");
+  if (!expected_model_type.empty() && impl->config.model_type != expected_model_type)
+    throw ConfigError(dir + "/config.json: model_type: \"" + impl->config.model_type + "\" is " +
+                      (impl->config.is_blip2() ? "a BLIP-2 checkpoint: load it with Blip2ForConditionalGeneration"
+                                               : "an InstructBLIP checkpoint: load it with "
+                                                 "InstructBlipForConditionalGeneration") +
+                      " (VisionLanguageModel::from_pretrained takes either)");
   impl->generation_config = GenerationConfig::from_model_config(impl->config);
   const std::string gen_path = dir + "/generation_config.json";
   // Only the keys the file sets override from_model_config (a whole parsed struct would reset the
@@ -333,30 +357,33 @@ InstructBlipForConditionalGeneration InstructBlipForConditionalGeneration::from_
   impl->projector = std::make_unique<models::QueryProjector>(impl->config, source, "");
   if (impl->config.is_t5()) {
     impl->lm = std::make_unique<models::T5Model>(impl->config.t5(), source, "language_model.", policy);
+  } else if (impl->config.is_opt()) {
+    impl->lm = std::make_unique<models::OPTModel>(impl->config.opt(), source, "language_model.", policy);
   } else {
     models::LlamaOptions lo;
     lo.weights = policy;
     impl->lm = std::make_unique<models::LlamaModel>(impl->config.llama(), source, "language_model.", lo);
   }
   impl->check_all_tensors_bound(dir);
-  return InstructBlipForConditionalGeneration(std::move(impl));
+  return VisionLanguageModel(std::move(impl));
 }
 
-const InstructBlipConfig& InstructBlipForConditionalGeneration::config() const { return impl_->config; }
-const GenerationConfig& InstructBlipForConditionalGeneration::generation_config() const {
+const InstructBlipConfig& VisionLanguageModel::config() const { return impl_->config; }
+bool VisionLanguageModel::is_blip2() const { return impl_->config.is_blip2(); }
+const GenerationConfig& VisionLanguageModel::generation_config() const {
   return impl_->generation_config;
 }
-const io::Checkpoint& InstructBlipForConditionalGeneration::checkpoint() const { return impl_->checkpoint; }
-const models::VisionModel& InstructBlipForConditionalGeneration::vision_model() const { return *impl_->vision; }
-const models::QFormer& InstructBlipForConditionalGeneration::qformer() const { return *impl_->qformer; }
-const models::QueryProjector& InstructBlipForConditionalGeneration::query_projector() const {
+const io::Checkpoint& VisionLanguageModel::checkpoint() const { return impl_->checkpoint; }
+const models::VisionModel& VisionLanguageModel::vision_model() const { return *impl_->vision; }
+const models::QFormer& VisionLanguageModel::qformer() const { return *impl_->qformer; }
+const models::QueryProjector& VisionLanguageModel::query_projector() const {
   return *impl_->projector;
 }
-const models::LanguageModel& InstructBlipForConditionalGeneration::language_model() const { return *impl_->lm; }
-const GenerationLimits& InstructBlipForConditionalGeneration::limits() const { return impl_->limits; }
-ops::WeightFormat InstructBlipForConditionalGeneration::weight_format() const { return impl_->weight_format; }
+const models::LanguageModel& VisionLanguageModel::language_model() const { return *impl_->lm; }
+const GenerationLimits& VisionLanguageModel::limits() const { return impl_->limits; }
+ops::WeightFormat VisionLanguageModel::weight_format() const { return impl_->weight_format; }
 
-void InstructBlipForConditionalGeneration::save_pretrained(const std::string& dir, std::size_t max_shard_bytes) const {
+void VisionLanguageModel::save_pretrained(const std::string& dir, std::size_t max_shard_bytes) const {
   const Impl& m = *impl_;
   std::vector<std::pair<std::string, Tensor>> tensors;
   auto append = [&tensors](std::vector<std::pair<std::string, Tensor>> part) {
@@ -376,7 +403,7 @@ void InstructBlipForConditionalGeneration::save_pretrained(const std::string& di
   }
 }
 
-InstructBlipForConditionalGeneration::ForwardOutput InstructBlipForConditionalGeneration::forward(
+VisionLanguageModel::ForwardOutput VisionLanguageModel::forward(
     const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
     const Tensor& input_ids, const Tensor& attention_mask, const Tensor& decoder_input_ids, const Tensor& labels,
     bool output_hidden_states) const {
@@ -397,7 +424,7 @@ InstructBlipForConditionalGeneration::ForwardOutput InstructBlipForConditionalGe
   return out;
 }
 
-generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
+generation::GenerateOutput VisionLanguageModel::generate(
     const Tensor& pixel_values, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
     const Tensor& input_ids, const Tensor& attention_mask, const GenerationConfig& generation_config,
     const generation::GenerateHooks& hooks, GenerateTrace* trace) const {
@@ -428,14 +455,14 @@ generation::GenerateOutput InstructBlipForConditionalGeneration::generate(
   return out;
 }
 
-Tensor InstructBlipForConditionalGeneration::encode_images(const Tensor& pixel_values) const {
+Tensor VisionLanguageModel::encode_images(const Tensor& pixel_values) const {
   Impl::check_pixels(pixel_values);
   if (pixel_values.dim(0) > impl_->limits.max_rows)
     throw InvalidArgument(over_limit("the image batch", pixel_values.dim(0), "max_rows", impl_->limits.max_rows));
   return impl_->vision->forward(pixel_values, false).last_hidden_state;
 }
 
-LanguageModelPrompt InstructBlipForConditionalGeneration::language_model_prompt(
+LanguageModelPrompt VisionLanguageModel::language_model_prompt(
     const Tensor& image_embeds, const Tensor& qformer_input_ids, const Tensor& qformer_attention_mask,
     const Tensor& input_ids, const Tensor& attention_mask) const {
   const auto& vc = impl_->config.vision_config;
@@ -451,18 +478,38 @@ LanguageModelPrompt InstructBlipForConditionalGeneration::language_model_prompt(
   return {p.embeds, p.mask};
 }
 
-bool InstructBlipForConditionalGeneration::maps_pad_to_eos() const {
-  if (!impl_->config.is_llama()) return false;
+bool VisionLanguageModel::maps_pad_to_eos() const {
+  if (!impl_->config.is_llama() || impl_->config.is_blip2()) return false;
   const auto& arch = impl_->config.llama().architectures;
   return !arch.empty() && arch.front() == "LLaMAForCausalLM";
 }
 
-generation::GenerateOutput InstructBlipForConditionalGeneration::generate(const ProcessorOutput& inputs,
+generation::GenerateOutput VisionLanguageModel::generate(const ProcessorOutput& inputs,
                                                                         const GenerationConfig& generation_config,
                                                                         const generation::GenerateHooks& hooks,
                                                                         GenerateTrace* trace) const {
   return generate(inputs.pixel_values, inputs.qformer_input_ids, inputs.qformer_attention_mask, inputs.input_ids,
                   inputs.attention_mask, generation_config, hooks, trace);
+}
+
+VisionLanguageModel::ForwardOutput Blip2ForConditionalGeneration::forward(const Tensor& pixel_values,
+                                                                          const Tensor& input_ids,
+                                                                          const Tensor& attention_mask,
+                                                                          const Tensor& decoder_input_ids,
+                                                                          const Tensor& labels,
+                                                                          bool output_hidden_states) const {
+  return VisionLanguageModel::forward(pixel_values, Tensor(), Tensor(), input_ids, attention_mask, decoder_input_ids,
+                                      labels, output_hidden_states);
+}
+
+generation::GenerateOutput Blip2ForConditionalGeneration::generate(const Tensor& pixel_values,
+                                                                   const Tensor& input_ids,
+                                                                   const Tensor& attention_mask,
+                                                                   const GenerationConfig& generation_config,
+                                                                   const generation::GenerateHooks& hooks,
+                                                                   GenerateTrace* trace) const {
+  return VisionLanguageModel::generate(pixel_values, Tensor(), Tensor(), input_ids, attention_mask, generation_config,
+                                       hooks, trace);
 }
 
 }  // namespace instructblip

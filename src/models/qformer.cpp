@@ -27,10 +27,17 @@ using instructblip::detail::describe;
 void QFormer::visit(const QFormerConfig& c, const std::string& p, Weights& w, const WeightVisitor& v) {
   const auto& fn = v.tensor;
   const std::int64_t H = c.hidden_size, I = c.intermediate_size, E = c.encoder_hidden_size;
-  fn(p + "embeddings.word_embeddings.weight", {c.vocab_size, H}, w.word_embeddings);
-  fn(p + "embeddings.position_embeddings.weight", {c.max_position_embeddings, H}, w.position_embeddings);
-  fn(p + "embeddings.layernorm.weight", {H}, w.emb_ln_w);
-  fn(p + "embeddings.layernorm.bias", {H}, w.emb_ln_b);
+  const bool text = c.takes_instruction();
+  if (text) {
+    fn(p + "embeddings.word_embeddings.weight", {c.vocab_size, H}, w.word_embeddings);
+    fn(p + "embeddings.position_embeddings.weight", {c.max_position_embeddings, H}, w.position_embeddings);
+    fn(p + "embeddings.layernorm.weight", {H}, w.emb_ln_w);
+    fn(p + "embeddings.layernorm.bias", {H}, w.emb_ln_b);
+  } else {
+    // Blip2QFormerModel: LayerNorm(query_embeds) is the input (modeling_blip_2.py:1109-1110).
+    fn(p + "layernorm.weight", {H}, w.emb_ln_w);
+    fn(p + "layernorm.bias", {H}, w.emb_ln_b);
+  }
   auto dense = [&](const std::string& name, std::int64_t out, std::int64_t in, Dense& d) {
     v.linear(name, out, in, true, d, MatrixRole::QFormer);
   };
@@ -55,7 +62,7 @@ void QFormer::visit(const QFormerConfig& c, const std::string& p, Weights& w, co
     attention(lp + "attention.", H, l.self_attn);
     l.has_cross = c.has_cross_attention(i);
     if (l.has_cross) attention(lp + "crossattention.", E, l.cross_attn);
-    ffn(lp, "", l.ffn_text);
+    if (text) ffn(lp, "", l.ffn_text);  // BLIP-2 layers have only the query FFN
     ffn(lp, "_query", l.ffn_query);
   }
 }
@@ -121,6 +128,8 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
     Bq = query_embeds.dim(0);
     Q = query_embeds.dim(1);
   }
+  if (input_ids.defined() && !config_.takes_instruction())
+    throw InvalidArgument("QFormer: the BLIP-2 Q-Former (blip_2_qformer) takes no instruction input_ids");
   if (input_ids.defined()) {
     if (input_ids.dtype() != DType::I64 || input_ids.ndim() != 2)
       throw InvalidArgument("QFormer: input_ids must be int64 [B, T], got " + describe(input_ids));
@@ -170,12 +179,12 @@ QFormerOutput QFormer::forward(const Tensor& query_embeds, const Tensor& input_i
   // ---- embeddings: LayerNorm(cat(queries, word + position embeddings))
   MatrixF x(M, Hd);
   {
-    const auto word = w_.word_embeddings.matrix<float>(config_.vocab_size, Hd);
-    const auto pos = w_.position_embeddings.matrix<float>(config_.max_position_embeddings, Hd);
     for (std::int64_t b = 0; b < B; ++b) {
       if (Q > 0)
         x.middleRows(b * S, Q) = query_embeds.matrix<float>(Bq * Q, Hd).middleRows((Bq == 1 ? 0 : b) * Q, Q);
-      if (T > 0) {
+      if (T > 0) {  // InstructBLIP only: the BLIP-2 Q-Former has no text embeddings
+        const auto word = w_.word_embeddings.matrix<float>(config_.vocab_size, Hd);
+        const auto pos = w_.position_embeddings.matrix<float>(config_.max_position_embeddings, Hd);
         auto rows = x.middleRows(b * S + Q, T);
         ops::embedding<float>(input_ids.data<std::int64_t>() + b * T, std::size_t(T), word, rows);
         rows += pos.topRows(T);

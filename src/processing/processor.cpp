@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 
 #include "../internal/util.hpp"
 
@@ -31,32 +32,78 @@ void check_fits(const Tokenizer& t, const std::string& which, std::int64_t vocab
 
 }  // namespace
 
-InstructBlipProcessor::InstructBlipProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
-                                             std::unique_ptr<Tokenizer> qformer_tokenizer)
+VisionLanguageProcessor::VisionLanguageProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
+                                                 std::unique_ptr<Tokenizer> qformer_tokenizer)
     : image_processor_(std::move(image_processor)),
       tokenizer_(std::move(tokenizer)),
       qformer_tokenizer_(std::move(qformer_tokenizer)) {
-  if (!tokenizer_ || !qformer_tokenizer_) throw InvalidArgument("InstructBlipProcessor: a tokenizer is missing");
+  if (!tokenizer_) throw InvalidArgument("VisionLanguageProcessor: the tokenizer is missing");
+}
+VisionLanguageProcessor::~VisionLanguageProcessor() = default;
+VisionLanguageProcessor::VisionLanguageProcessor(VisionLanguageProcessor&&) noexcept = default;
+VisionLanguageProcessor& VisionLanguageProcessor::operator=(VisionLanguageProcessor&&) noexcept = default;
+
+InstructBlipProcessor::InstructBlipProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
+                                             std::unique_ptr<Tokenizer> qformer_tokenizer)
+    : VisionLanguageProcessor(std::move(image_processor), std::move(tokenizer), std::move(qformer_tokenizer)) {
+  if (!has_qformer_tokenizer()) throw InvalidArgument("InstructBlipProcessor: the Q-Former tokenizer is missing");
 }
 
-InstructBlipProcessor InstructBlipProcessor::from_pretrained(const std::string& dir) {
-  InstructBlipProcessor p(ImageProcessor::from_pretrained(dir), Tokenizer::from_pretrained(dir),
-                          Tokenizer::from_pretrained(dir + "/qformer_tokenizer"));
+Blip2Processor::Blip2Processor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer)
+    : VisionLanguageProcessor(std::move(image_processor), std::move(tokenizer), nullptr) {}
+
+VisionLanguageProcessor VisionLanguageProcessor::from_pretrained(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
-  if (file_exists(config_path)) p.check_vocabulary(InstructBlipConfig::from_json_file(config_path), config_path);
+  std::optional<InstructBlipConfig> config;
+  if (file_exists(config_path)) config = InstructBlipConfig::from_json_file(config_path);
+  const bool qformer = config ? !config->is_blip2() : std::filesystem::is_directory(dir + "/qformer_tokenizer");
+  VisionLanguageProcessor p(ImageProcessor::from_pretrained(dir), Tokenizer::from_pretrained(dir),
+                            qformer ? Tokenizer::from_pretrained(dir + "/qformer_tokenizer") : nullptr);
+  if (config) p.check_vocabulary(*config, config_path);
   p.source_dir_ = dir;
   return p;
 }
 
-void InstructBlipProcessor::save_pretrained(const std::string& dir) const {
+InstructBlipProcessor InstructBlipProcessor::from_pretrained(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  std::optional<InstructBlipConfig> config;
+  if (file_exists(config_path)) {
+    config = InstructBlipConfig::from_json_file(config_path);
+    if (config->is_blip2())
+      throw ConfigError(config_path + ": a BLIP-2 checkpoint (no Q-Former tokenizer): load it with Blip2Processor");
+  }
+  InstructBlipProcessor p(ImageProcessor::from_pretrained(dir), Tokenizer::from_pretrained(dir),
+                          Tokenizer::from_pretrained(dir + "/qformer_tokenizer"));
+  if (config) p.check_vocabulary(*config, config_path);
+  p.source_dir_ = dir;
+  return p;
+}
+
+Blip2Processor Blip2Processor::from_pretrained(const std::string& dir) {
+  VisionLanguageProcessor p = VisionLanguageProcessor::from_pretrained(dir);
+  if (p.has_qformer_tokenizer())
+    throw ConfigError(dir + ": an InstructBLIP processor (it has a Q-Former tokenizer): load it with "
+                      "InstructBlipProcessor");
+  return Blip2Processor(std::move(p));
+}
+
+const Tokenizer& VisionLanguageProcessor::qformer_tokenizer() const {
+  if (!qformer_tokenizer_) throw InvalidArgument("a BLIP-2 processor has no Q-Former tokenizer");
+  return *qformer_tokenizer_;
+}
+
+void VisionLanguageProcessor::save_pretrained(const std::string& dir) const {
   if (source_dir_.empty())
     throw InvalidArgument("InstructBlipProcessor::save_pretrained: the processor was built from its parts, not "
                           "loaded by from_pretrained(), so it has no tokenizer files to save");
   // Every file from_pretrained() reads (and tokenizer.json, which transformers writes beside them).
   static const char* const kFiles[] = {"preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
                                        "added_tokens.json",        "tokenizer.json",        "spiece.model",
-                                       "tokenizer.model",          "vocab.txt"};
-  for (const std::string sub : {"", "/qformer_tokenizer"}) {
+                                       "tokenizer.model",          "vocab.txt",             "vocab.json",
+                                       "merges.txt"};
+  std::vector<std::string> subdirs{""};
+  if (qformer_tokenizer_) subdirs.push_back("/qformer_tokenizer");
+  for (const std::string& sub : subdirs) {
     const std::string from_dir = source_dir_ + sub, to_dir = dir + sub;
     std::error_code ec;
     std::filesystem::create_directories(to_dir, ec);
@@ -68,14 +115,15 @@ void InstructBlipProcessor::save_pretrained(const std::string& dir) const {
   }
 }
 
-void InstructBlipProcessor::check_vocabulary(const InstructBlipConfig& config, const std::string& source) const {
+void VisionLanguageProcessor::check_vocabulary(const InstructBlipConfig& config, const std::string& source) const {
   check_fits(*tokenizer_, "language-model tokenizer", config.text_vocab_size(),
-             config.is_t5() ? "text_config.vocab_size (t5)" : "text_config.vocab_size (llama)", source);
-  check_fits(*qformer_tokenizer_, "Q-Former tokenizer in qformer_tokenizer/", config.qformer_config.vocab_size,
-             "qformer_config.vocab_size", source);
+             "text_config.vocab_size (" + config.text_model_type() + ")", source);
+  if (qformer_tokenizer_)
+    check_fits(*qformer_tokenizer_, "Q-Former tokenizer in qformer_tokenizer/", config.qformer_config.vocab_size,
+               "qformer_config.vocab_size", source);
 }
 
-ProcessorOutput InstructBlipProcessor::operator()(const std::vector<Image>& images,
+ProcessorOutput VisionLanguageProcessor::operator()(const std::vector<Image>& images,
                                                   const std::vector<std::string>& texts_in,
                                                   const ProcessorOptions& options) const {
   ProcessorOutput out;
@@ -87,25 +135,28 @@ ProcessorOutput InstructBlipProcessor::operator()(const std::vector<Image>& imag
   if (!texts.empty()) {
     const BatchEncoding lm = tokenizer_->encode_batch(texts, options.padding, options.truncation, options.max_length,
                                                       options.add_special_tokens);
-    const BatchEncoding qf = qformer_tokenizer_->encode_batch(texts, options.padding, options.truncation,
-                                                              options.max_length, options.add_special_tokens);
-    if (!lm.is_rectangular() || !qf.is_rectangular())
-      throw InvalidArgument("prompts of different lengths need padding (ProcessorOptions::padding)");
+    if (!lm.is_rectangular()) throw InvalidArgument("prompts of different lengths need padding (ProcessorOptions::padding)");
     out.input_ids = lm.input_ids_tensor();
     out.attention_mask = lm.attention_mask_tensor();
-    out.qformer_input_ids = qf.input_ids_tensor();
-    out.qformer_attention_mask = qf.attention_mask_tensor();
+    if (qformer_tokenizer_) {
+      const BatchEncoding qf = qformer_tokenizer_->encode_batch(texts, options.padding, options.truncation,
+                                                                options.max_length, options.add_special_tokens);
+      if (!qf.is_rectangular())
+        throw InvalidArgument("prompts of different lengths need padding (ProcessorOptions::padding)");
+      out.qformer_input_ids = qf.input_ids_tensor();
+      out.qformer_attention_mask = qf.attention_mask_tensor();
+    }
   }
   if (!images.empty()) out.pixel_values = image_processor_.preprocess(images);
   return out;
 }
 
-std::vector<std::string> InstructBlipProcessor::batch_decode(const std::vector<std::vector<std::int64_t>>& sequences,
+std::vector<std::string> VisionLanguageProcessor::batch_decode(const std::vector<std::vector<std::int64_t>>& sequences,
                                                              bool skip_special_tokens) const {
   return tokenizer_->batch_decode(sequences, skip_special_tokens);
 }
 
-std::string InstructBlipProcessor::decode(const std::vector<std::int64_t>& ids, bool skip_special_tokens) const {
+std::string VisionLanguageProcessor::decode(const std::vector<std::int64_t>& ids, bool skip_special_tokens) const {
   return tokenizer_->decode(ids, skip_special_tokens);
 }
 

@@ -145,7 +145,7 @@ class BatchEngine {
 
   /// The model and processor must outlive the engine. Starts the model thread and the
   /// preprocessing threads. InvalidArgument for options out of range.
-  BatchEngine(const InstructBlipForConditionalGeneration& model, const InstructBlipProcessor& processor,
+  BatchEngine(const VisionLanguageModel& model, const VisionLanguageProcessor& processor,
               EngineOptions options = {});
   /// shutdown(), then joins the threads.
   ~BatchEngine();

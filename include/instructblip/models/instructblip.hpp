@@ -1,7 +1,12 @@
 #pragma once
-// InstructBlipForConditionalGeneration: the vision encoder, the Q-Former with its query tokens
-// and projection, and the language model (T5 or LLaMA, chosen by config.json), composed exactly
-// as transformers 4.36.2 composes them in forward() and generate().
+// The two model families, composed exactly as transformers 4.36.2 composes them in forward() and
+// generate(): the vision encoder, the Q-Former with its query tokens and projection, and the
+// language model (T5, LLaMA or OPT, chosen by config.json).
+//   InstructBlipForConditionalGeneration (model_type "instructblip"): the instruction also feeds
+//     the Q-Former (qformer_input_ids).
+//   Blip2ForConditionalGeneration (model_type "blip-2"): the Q-Former sees only its queries.
+// VisionLanguageModel is what both are: from_pretrained() loads either (transformers'
+// AutoModelForVision2Seq), and the tools, the BatchEngine and the server work through it.
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,7 +64,7 @@ struct LoadOptions {
   bool bf16_arithmetic = true;
 };
 
-class InstructBlipForConditionalGeneration {
+class VisionLanguageModel {
  public:
   /// Loads a HuggingFace checkpoint directory: config.json, generation_config.json (optional) and
   /// model.safetensors or a sharded index. The weights stay memory-mapped (float32 checkpoints are
@@ -79,13 +84,19 @@ class InstructBlipForConditionalGeneration {
   ///    (`qformer.embeddings.position_ids`, LLaMA `...self_attn.rotary_emb.{inv_freq,cos_cached,
   ///    sin_cached}`).
   /// Whether the tokenizers fit the vocabularies is checked by InstructBlipProcessor::from_pretrained.
-  static InstructBlipForConditionalGeneration from_pretrained(const std::string& dir, const LoadOptions& options = {});
+  /// Loads an InstructBLIP or a BLIP-2 checkpoint, as config.json's model_type says
+  /// (transformers' AutoModelForVision2Seq); ConfigError for any other model_type.
+  static VisionLanguageModel from_pretrained(const std::string& dir, const LoadOptions& options = {});
 
-  InstructBlipForConditionalGeneration(InstructBlipForConditionalGeneration&&) noexcept;
-  InstructBlipForConditionalGeneration& operator=(InstructBlipForConditionalGeneration&&) noexcept;
-  ~InstructBlipForConditionalGeneration();
+  VisionLanguageModel(VisionLanguageModel&&) noexcept;
+  VisionLanguageModel& operator=(VisionLanguageModel&&) noexcept;
+  virtual ~VisionLanguageModel();
 
+  /// config.json (model_type "instructblip" or "blip-2").
   const InstructBlipConfig& config() const;
+  /// True for a BLIP-2 checkpoint: the Q-Former takes no instruction (qformer_input_ids must be
+  /// undefined), and the processor has no Q-Former tokenizer.
+  bool is_blip2() const;
   /// Generation defaults: the language model's (GenerationConfig::from_model_config, which is what
   /// transformers' InstructBLIP generate() hands to its language model), overlaid with the keys of
   /// the checkpoint's generation_config.json when present (only the keys it sets). Callers copy and
@@ -121,7 +132,8 @@ class InstructBlipForConditionalGeneration {
     models::LMOutput language_model_outputs;
   };
 
-  /// transformers' forward(): pixel_values [B,3,H,W] f32, qformer_input_ids [B,Tq] i64,
+  /// transformers' forward(): pixel_values [B,3,H,W] f32, qformer_input_ids [B,Tq] i64
+  /// (InstructBLIP; BLIP-2 takes none: they must be undefined, else InvalidArgument),
   /// qformer_attention_mask [B,Tq] (undefined: ones), input_ids [B,T] i64, attention_mask [B,T]
   /// (undefined: ones), T5 decoder_input_ids / labels (int64, -100 ignored) as transformers takes them.
   /// InvalidArgument, before any computation, for: Tq > qformer_config.max_position_embeddings
@@ -168,14 +180,61 @@ class InstructBlipForConditionalGeneration {
   LanguageModelPrompt language_model_prompt(const Tensor& image_embeds, const Tensor& qformer_input_ids,
                                             const Tensor& qformer_attention_mask, const Tensor& input_ids,
                                             const Tensor& attention_mask) const;
-  /// True for checkpoints whose text architectures[0] is spelled "LLaMAForCausalLM": generate()
-  /// then returns ids 0 as 2, as transformers does.
+  /// True for InstructBLIP checkpoints whose text architectures[0] is spelled "LLaMAForCausalLM":
+  /// generate() then returns ids 0 as 2, as transformers does (BLIP-2 has no such step).
   bool maps_pad_to_eos() const;
 
- private:
   struct Impl;
-  explicit InstructBlipForConditionalGeneration(std::unique_ptr<Impl> impl);
+
+ protected:
+  explicit VisionLanguageModel(std::unique_ptr<Impl> impl);
+  /// Loads `dir`; `expected_model_type` (when not empty) must be config.json's model_type.
+  static VisionLanguageModel load(const std::string& dir, const LoadOptions& options,
+                                  const std::string& expected_model_type);
+
+ private:
   std::unique_ptr<Impl> impl_;
+};
+
+/// InstructBLIP (transformers' InstructBlipForConditionalGeneration).
+class InstructBlipForConditionalGeneration : public VisionLanguageModel {
+ public:
+  /// As VisionLanguageModel::from_pretrained, for model_type "instructblip" only (a BLIP-2
+  /// checkpoint is a ConfigError that names Blip2ForConditionalGeneration).
+  static InstructBlipForConditionalGeneration from_pretrained(const std::string& dir, const LoadOptions& options = {});
+
+ private:
+  explicit InstructBlipForConditionalGeneration(VisionLanguageModel&& m) : VisionLanguageModel(std::move(m)) {}
+};
+
+/// BLIP-2 (transformers' Blip2ForConditionalGeneration): the same stages without the instruction
+/// input of the Q-Former, so forward() / generate() take transformers' arguments.
+class Blip2ForConditionalGeneration : public VisionLanguageModel {
+ public:
+  /// As VisionLanguageModel::from_pretrained, for model_type "blip-2" only.
+  static Blip2ForConditionalGeneration from_pretrained(const std::string& dir, const LoadOptions& options = {});
+
+  /// forward(pixel_values, input_ids, attention_mask, decoder_input_ids, labels): input_ids are
+  /// required; T5 takes decoder_input_ids / labels as transformers does; OPT labels [B, L'] align
+  /// with the last L' positions (loss over logits[:, -L':][:, :-1] against labels[:, 1:]).
+  ForwardOutput forward(const Tensor& pixel_values, const Tensor& input_ids, const Tensor& attention_mask = Tensor(),
+                        const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
+                        bool output_hidden_states = false) const;
+  /// generate(pixel_values, input_ids, attention_mask): input_ids undefined = [[bos_token_id]] per
+  /// image (plain captioning, as transformers does without a prompt).
+  generation::GenerateOutput generate(const Tensor& pixel_values, const Tensor& input_ids,
+                                      const Tensor& attention_mask, const GenerationConfig& generation_config,
+                                      const generation::GenerateHooks& hooks = {},
+                                      GenerateTrace* trace = nullptr) const;
+  /// From what Blip2Processor returns.
+  generation::GenerateOutput generate(const ProcessorOutput& inputs, const GenerationConfig& generation_config,
+                                      const generation::GenerateHooks& hooks = {},
+                                      GenerateTrace* trace = nullptr) const {
+    return VisionLanguageModel::generate(inputs, generation_config, hooks, trace);
+  }
+
+ private:
+  explicit Blip2ForConditionalGeneration(VisionLanguageModel&& m) : VisionLanguageModel(std::move(m)) {}
 };
 
 }  // namespace instructblip

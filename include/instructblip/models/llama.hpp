@@ -23,6 +23,7 @@
 #include "instructblip/core/dtype.hpp"
 #include "instructblip/core/tensor.hpp"
 #include "instructblip/io/checkpoint.hpp"
+#include "instructblip/models/decoder_state.hpp"
 #include "instructblip/models/language_model.hpp"
 #include "instructblip/models/weight_source.hpp"
 
@@ -121,25 +122,7 @@ class LlamaModel : public LanguageModel {
   std::unique_ptr<const Impl> impl_;
 };
 
-/// The per-call decoding state of a LlamaModel (opaque apart from these queries).
-class LlamaState : public LMState {
- public:
-  ~LlamaState() override;
-  std::int64_t batch() const override;
-  /// True once the prompt has been run (after the first step()).
-  bool prefilled() const;
-  /// Number of positions held in the KV cache (prompt + fed tokens; 0 before the prefill).
-  std::int64_t cached_positions() const;
-  /// Attention mask over the cached positions, [batch, cached_positions] int64 (the prompt's mask
-  /// before the prefill).
-  Tensor attention_mask() const;
-
-  struct Data;
-
- private:
-  friend class LlamaModel;
-  LlamaState();
-  std::unique_ptr<Data> d_;
-};
+/// The per-call decoding state of a LlamaModel (shared with the other decoder-only models).
+using LlamaState = DecoderOnlyState;
 
 }  // namespace instructblip::models

@@ -1,8 +1,11 @@
 #pragma once
-// InstructBlipProcessor: one image processor and two tokenizers read from a checkpoint
-// directory (preprocessor_config.json; the language model's tokenizer files; the Q-Former's in
-// qformer_tokenizer/), turning images and instructions into the model's inputs and generated ids
-// back into text.
+// The processors: an image processor and the language model's tokenizer read from a checkpoint
+// directory (preprocessor_config.json and the tokenizer files), plus, for InstructBLIP, the
+// Q-Former's tokenizer in qformer_tokenizer/. They turn images and prompts into the model's inputs
+// and generated ids back into text.
+//   InstructBlipProcessor: both tokenizers (the prompt feeds the Q-Former and the language model).
+//   Blip2Processor: no Q-Former tokenizer; the prompt is optional (none = plain captioning).
+// VisionLanguageProcessor is what both are; its from_pretrained() loads either (AutoProcessor).
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,8 +25,8 @@ struct ProcessorOutput {
   Tensor pixel_values;            // [B, 3, H, W] float32
   Tensor input_ids;               // [B, T] int64 (language model tokenizer)
   Tensor attention_mask;          // [B, T] int64
-  Tensor qformer_input_ids;       // [B, Tq] int64 (BERT tokenizer)
-  Tensor qformer_attention_mask;  // [B, Tq] int64
+  Tensor qformer_input_ids;       // [B, Tq] int64 (BERT tokenizer; InstructBLIP only)
+  Tensor qformer_attention_mask;  // [B, Tq] int64 (InstructBLIP only)
 };
 
 struct ProcessorOptions {
@@ -45,22 +48,27 @@ struct ProcessorOptions {
   bool add_special_tokens = true;
 };
 
-class InstructBlipProcessor {
+class VisionLanguageProcessor {
  public:
-  InstructBlipProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
-                        std::unique_ptr<Tokenizer> qformer_tokenizer);
-  /// Reads `dir`/preprocessor_config.json, the tokenizer in `dir` and the one in
-  /// `dir`/qformer_tokenizer (as transformers' InstructBlipProcessor.from_pretrained).
+  /// `qformer_tokenizer` null: a BLIP-2 processor.
+  VisionLanguageProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
+                          std::unique_ptr<Tokenizer> qformer_tokenizer);
+  virtual ~VisionLanguageProcessor();
+  VisionLanguageProcessor(VisionLanguageProcessor&&) noexcept;
+  VisionLanguageProcessor& operator=(VisionLanguageProcessor&&) noexcept;
+  /// Reads `dir`/preprocessor_config.json, the tokenizer in `dir` and, when `dir`/qformer_tokenizer
+  /// exists (InstructBLIP), the one there; when `dir`/config.json exists its model_type decides
+  /// instead ("instructblip" needs qformer_tokenizer/, "blip-2" has none).
   /// When `dir`/config.json exists (a full model checkpoint), the tokenizers are also checked
   /// against it with check_vocabulary() — a ConfigError names the tokenizer and both sizes.
-  static InstructBlipProcessor from_pretrained(const std::string& dir);
+  static VisionLanguageProcessor from_pretrained(const std::string& dir);
 
   /// Writes the processor to `dir` so that from_pretrained(dir) loads an equal processor:
   /// preprocessor_config.json and the language-model tokenizer's files in `dir`, the Q-Former
   /// tokenizer's in `dir`/qformer_tokenizer (created if needed). As transformers' slow tokenizers
   /// keep their vocabulary files, these are the files the processor was loaded from, copied byte
   /// for byte (tokenizer_config.json, special_tokens_map.json, added_tokens.json, tokenizer.json,
-  /// spiece.model / tokenizer.model / vocab.txt, whichever exist). InvalidArgument for a processor
+  /// spiece.model / tokenizer.model / vocab.txt / vocab.json / merges.txt, whichever exist). InvalidArgument for a processor
   /// not loaded by from_pretrained() (it has no files); IoError when `dir` cannot be written.
   void save_pretrained(const std::string& dir) const;
   /// The directory from_pretrained() read (empty for a processor built from its parts).
@@ -73,7 +81,8 @@ class InstructBlipProcessor {
   void check_vocabulary(const InstructBlipConfig& config, const std::string& source = "config.json") const;
 
   /// One prompt per image; a single prompt with several images applies to every image.
-  /// Either list may be empty (then the corresponding outputs stay undefined).
+  /// Either list may be empty (then the corresponding outputs stay undefined). The Q-Former
+  /// outputs are filled only by a processor with a Q-Former tokenizer (InstructBLIP).
   ProcessorOutput operator()(const std::vector<Image>& images, const std::vector<std::string>& texts,
                              const ProcessorOptions& options = {}) const;
   ProcessorOutput operator()(const Image& image, const std::string& text, const ProcessorOptions& options = {}) const {
@@ -87,13 +96,45 @@ class InstructBlipProcessor {
 
   const ImageProcessor& image_processor() const { return image_processor_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  const Tokenizer& qformer_tokenizer() const { return *qformer_tokenizer_; }
+  /// False for a BLIP-2 processor.
+  bool has_qformer_tokenizer() const { return qformer_tokenizer_ != nullptr; }
+  /// InvalidArgument for a BLIP-2 processor.
+  const Tokenizer& qformer_tokenizer() const;
 
  private:
   ImageProcessor image_processor_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Tokenizer> qformer_tokenizer_;
+
+ protected:
   std::string source_dir_;
+};
+
+/// transformers' InstructBlipProcessor: both tokenizers required.
+class InstructBlipProcessor : public VisionLanguageProcessor {
+ public:
+  InstructBlipProcessor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer,
+                        std::unique_ptr<Tokenizer> qformer_tokenizer);
+  /// As VisionLanguageProcessor::from_pretrained; IoError when `dir`/qformer_tokenizer is missing.
+  static InstructBlipProcessor from_pretrained(const std::string& dir);
+
+ private:
+  explicit InstructBlipProcessor(VisionLanguageProcessor&& p) : VisionLanguageProcessor(std::move(p)) {}
+};
+
+/// transformers' Blip2Processor: the image processor and the language model's tokenizer.
+class Blip2Processor : public VisionLanguageProcessor {
+ public:
+  Blip2Processor(ImageProcessor image_processor, std::unique_ptr<Tokenizer> tokenizer);
+  static Blip2Processor from_pretrained(const std::string& dir);
+  /// processor(images=image): pixel_values only (the model then starts from [[bos_token_id]]).
+  ProcessorOutput operator()(const Image& image, const ProcessorOptions& options = {}) const {
+    return VisionLanguageProcessor::operator()(std::vector<Image>{image}, {}, options);
+  }
+  using VisionLanguageProcessor::operator();
+
+ private:
+  explicit Blip2Processor(VisionLanguageProcessor&& p) : VisionLanguageProcessor(std::move(p)) {}
 };
 
 }  // namespace instructblip

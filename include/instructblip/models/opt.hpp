@@ -1,0 +1,80 @@
+#pragma once
+// OPT decoder-only language model (transformers 4.36.2 OPTForCausalLM, the language model of
+// BLIP-2-OPT) behind the LanguageModel interface: learned position embeddings with offset 2
+// (positions from the attention mask: cumsum(mask) * mask - 1, in forward() and in generate()),
+// pre- or post-LayerNorm layers (do_layer_norm_before), q = q_proj(x) * head_dim^-0.5, the FFN
+// fc2(act(fc1 x)) with biases (enable_bias), a final LayerNorm, and an output head tied to the
+// token embeddings (tie_word_embeddings) or its own lm_head. Masks are HF's: a key in the future
+// or padded gets finfo(float32).min added to its score.
+//
+// Not supported (ConfigError): word_embed_proj_dim != hidden_size (project_in / project_out, as in
+// OPT-350m; BLIP-2 4.36.2 cannot run it either) and layer_norm_elementwise_affine = false.
+//
+// A constructed model is immutable; every call keeps its scratch locally or in its state, so one
+// model may serve several threads at once.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "instructblip/config.hpp"
+#include "instructblip/core/tensor.hpp"
+#include "instructblip/models/decoder_state.hpp"
+#include "instructblip/models/language_model.hpp"
+#include "instructblip/models/weight_source.hpp"
+
+namespace instructblip::models {
+
+class OPTModel : public LanguageModel {
+ public:
+  /// Loads `<prefix>model.decoder.embed_tokens.weight`, `...embed_positions.weight`
+  /// ([max_position_embeddings + 2, hidden]), `...layers.N.…`, `...final_layer_norm.*` and
+  /// `<prefix>lm_head.weight` (absent and aliased to embed_tokens when tie_word_embeddings).
+  /// `policy` chooses how the matrices are kept; the embedding table is float32 under f32 and
+  /// bfloat16 otherwise (as LlamaModel).
+  OPTModel(const OPTConfig& config, const WeightSource& source, const std::string& prefix = "language_model.",
+           const WeightPolicy& policy = {});
+  ~OPTModel() override;
+  OPTModel(const OPTModel&) = delete;
+  OPTModel& operator=(const OPTModel&) = delete;
+
+  const OPTConfig& config() const;
+  std::vector<std::pair<std::string, Tensor>> named_weights(
+      const std::string& prefix = "language_model.") const override;
+  const std::vector<std::string>& bound_tensor_names() const override;
+  /// The HF name (with `prefix`) and shape of every tensor the constructor binds, in binding order.
+  static std::vector<std::pair<std::string, Shape>> tensor_specs(const OPTConfig& config,
+                                                                 const std::string& prefix = "language_model.");
+  std::vector<std::pair<std::string, std::string>> tied_aliases(
+      const std::string& prefix = "language_model.") const override;
+  /// Bytes of the weight matrices one decode step streams (every layer's projections plus the head).
+  std::size_t decode_weight_bytes() const;
+
+  // LanguageModel
+  std::int64_t vocab_size() const override;
+  std::int64_t hidden_size() const override;
+  bool is_encoder_decoder() const override { return false; }
+  Tensor embed(const Tensor& input_ids) const override;
+  /// Teacher-forced forward; positions from the mask (pads: row 1). With labels [B, L'] the logits
+  /// of the last L' positions and loss = mean CE(logits[:, :-1], labels[:, 1:]) over labels != -100.
+  /// output_hidden_states: num_hidden_layers + 1 tensors [B, L, H] — embeddings + positions, each
+  /// layer's output except the last, and the last layer's output after the final LayerNorm.
+  LMOutput forward(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                   const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
+                   bool output_hidden_states = false) const override;
+  std::unique_ptr<LMState> start(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                 std::int64_t max_new_tokens) const override;
+  /// As LlamaModel::step: the first call runs the prompt, later calls feed one token per row.
+  Tensor step(LMState& state, const std::vector<std::int64_t>& tokens) const override;
+  std::vector<Tensor> step_batch(const std::vector<LMState*>& states,
+                                 const std::vector<std::vector<std::int64_t>>& tokens) const override;
+  void select_rows(LMState& state, const std::vector<std::int64_t>& index) const override;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<const Impl> impl_;
+};
+
+}  // namespace instructblip::models
