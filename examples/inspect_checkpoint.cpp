@@ -1,5 +1,5 @@
-// instructblip-inspect: what a HuggingFace InstructBLIP checkpoint directory holds —
-// its resolved configuration and its tensors (name, dtype, shape, file), memory-mapped.
+// instructblip-inspect: what a HuggingFace InstructBLIP or BLIP-2 checkpoint directory holds —
+// its family, its resolved configuration and its tensors (name, dtype, shape), memory-mapped.
 #include <instructblip/instructblip.hpp>
 
 #include <cstdio>
@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
     auto ckpt = io::Checkpoint::open(dir, [](const std::string& f, std::size_t bytes, std::size_t i, std::size_t n) {
       std::fprintf(stderr, "mapped %s (%.1f MB) [%zu/%zu]\n", f.c_str(), double(bytes) / 1e6, i + 1, n);
     });
+    std::printf("%s with a %s language model\n", cfg.is_blip2() ? "BLIP-2" : "InstructBLIP",
+                cfg.text_model_type().c_str());
     std::printf("%s\n", cfg.to_json().dump(2).c_str());
     std::printf("%zu tensors in %zu file(s), %.1f MB mapped\n", ckpt.size(), ckpt.num_files(),
                 double(ckpt.mapped_bytes()) / 1e6);

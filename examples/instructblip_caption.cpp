@@ -64,7 +64,8 @@ struct Options {
   cli::Options gen;  // --model, the generation flags, --threads, --weights, --quiet
   std::vector<std::string> inputs;
   std::string output, format;
-  std::string prompt = "A short image description:";
+  /// Unset: "A short image description:" for InstructBLIP, none (plain captioning) for BLIP-2.
+  std::optional<std::string> prompt;
   std::optional<std::string> shard;
   std::optional<std::int64_t> num_shards;
   bool overwrite = false, output_sequences = false, fail_fast = false;
@@ -131,7 +132,8 @@ std::string usage() {
          "INPUT: a directory (recursive; jpg jpeg png webp bmp gif tga pnm ppm pgm pbm), a .jsonl or .csv\n"
          "manifest (\"image\" required, \"id\" and \"prompt\" optional), or a .tar webdataset shard.\n"
          "\n"
-         "  --prompt TEXT             the instruction (default: 'A short image description:')\n"
+         "  --prompt TEXT             the instruction (default: 'A short image description:'; BLIP-2\n"
+         "                            checkpoints: none, plain captioning)\n"
          "  --output FILE             records (default: stdout); {shard} is replaced by the shard index;\n"
          "                            an existing FILE is resumed: its ids are skipped, the rest appended\n"
          "  --format jsonl|csv        default: by FILE's extension (.csv), else jsonl\n"
@@ -292,6 +294,10 @@ int run(const Options& o) {
   }
   const auto tl = Clock::now();
   auto model = VisionLanguageModel::from_pretrained(o.gen.model_dir, lo);
+  // BLIP-2 captions without a prompt (its processor has no Q-Former tokenizer): an empty prompt
+  // encodes to the bos token the model starts from anyway.
+  const std::string default_prompt =
+      o.prompt.value_or(processor.has_qformer_tokenizer() ? "A short image description:" : "");
   log("%s: loaded %s (%s language model, %s weights) in %.1f s\n", kProg, o.gen.model_dir.c_str(),
       model.config().text_model_type().c_str(), ops::weight_format_name(model.weight_format()), seconds_since(tl));
   if (g_signal) return signal_status();
@@ -362,7 +368,7 @@ int run(const Options& o) {
       const bulk::Item& item = *pending[next++];
       const auto t0 = Clock::now();
       EngineRequest req;
-      req.prompt = item.prompt.value_or(o.prompt);
+      req.prompt = item.prompt.value_or(default_prompt);
       req.generation = gen;
       req.tag = item.id;
       if (item.kind == bulk::ItemKind::File) {

@@ -161,6 +161,9 @@ int main(int argc, char** argv) {
   }
   try {
     return run(o);
+  } catch (const cli::UsageError& e) {  // e.g. no --prompt for an InstructBLIP checkpoint
+    std::fprintf(stderr, "%s: %s\n", prog, e.what());
+    return 2;
   } catch (const InvalidArgument& e) {
     std::fprintf(stderr, "%s: error: %s\n", prog, e.what());
     return 2;

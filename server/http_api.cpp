@@ -202,7 +202,8 @@ void parse_content(const json& content, ChatRequest& out, const ParseOptions& o)
     if (!prompt.empty()) prompt += "\n";
     prompt += t;
   }
-  if (prompt.empty()) bad("the last user message has no text (the instruction)", "messages", "missing_text");
+  if (prompt.empty() && !o.prompt_optional)
+    bad("the last user message has no text (the instruction)", "messages", "missing_text");
   if (prompt.size() > o.max_prompt_bytes)
     bad("the instruction is longer than " + std::to_string(o.max_prompt_bytes) + " bytes", "messages", "text_too_long");
   if (!have_image) bad("the last user message has no image (an image_url content part)", "messages", "missing_image");

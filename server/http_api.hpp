@@ -47,6 +47,8 @@ struct ParseOptions {
   std::int64_t max_new_tokens = 4096;
   /// Longest instruction (bytes).
   std::size_t max_prompt_bytes = 64u << 10;
+  /// A request without text is accepted (BLIP-2: plain captioning); else a 400 missing_text.
+  bool prompt_optional = false;
 };
 
 struct ChatRequest {

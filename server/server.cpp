@@ -280,6 +280,7 @@ class Server {
     eo.image_options = image_options_;
     eo.max_image_bytes = o_.max_image_bytes;
     engine_ = std::make_unique<BatchEngine>(*model_, *processor_, eo);
+    parse_.prompt_optional = model_->is_blip2();  // BLIP-2 captions an image sent without text
     loaded_ = true;
   }
 

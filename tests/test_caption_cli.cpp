@@ -539,3 +539,24 @@ TEST(CaptionCli, ShardsUnionToEverythingAndMergeReportsDuplicatesAndMissing) {
   EXPECT_EQ(caption({"merge"}, dir).status, 2);
   EXPECT_EQ(caption({"merge", dir + "/no-such-part.jsonl"}, dir).status, 2);
 }
+
+// A BLIP-2 checkpoint captions without a prompt (transformers' generate without input_ids): every
+// record's text is the reference's greedy caption for that image (input c of the fixture).
+TEST(CaptionCli, Blip2CaptionsWithoutAPrompt) {
+  const std::string dir = fresh_dir();
+  const std::string d = dir + "/images";
+  fs::create_directories(d);
+  for (const char* name : {"a.jpg", "b.jpg"}) fs::copy_file(ibtest::data_dir() + "/images/Confusing-Pictures.jpg", d + "/" + name);
+  const ibtest::Reference ref("blip2-opt-tiny");
+  const std::string out = dir + "/out.jsonl";
+  Result r = caption({"--model", ref.model_dir(), "--max-new-tokens", "20", "--quiet", "--output", out, d}, dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto records = jsonl_records(slurp(out));
+  ASSERT_EQ(records.size(), 2u);
+  const std::string expected = ref.json["generation"]["greedy"]["c"]["text"][0].get<std::string>();
+  for (const auto& rec : records) {
+    EXPECT_EQ(rec["prompt"], "");
+    EXPECT_EQ(rec["text"], expected);
+    EXPECT_FALSE(rec.contains("error")) << rec.dump();
+  }
+}

@@ -359,3 +359,33 @@ TEST(Cli, GenerationSettingsFromFlagsAndCheckpointFile) {
   EXPECT_TRUE(r.out.empty()) << r.out;
   std::system(("rm -rf " + quote(copy)).c_str());
 }
+
+// The tools take BLIP-2 checkpoint directories as they are: instructblip-inspect names the family,
+// instructblip-quantize writes a checkpoint (with the BPE tokenizer files) that instructblip-generate
+// then runs, captioning without a prompt as the reference does (input c).
+TEST(Cli, Blip2InspectQuantizeAndCaptionWithoutAPrompt) {
+  const Reference ref("blip2-opt-tiny");
+  Result inspect = run_program(IB_INSPECT_PATH, {ref.model_dir()});
+  ASSERT_EQ(inspect.status, 0) << inspect.err;
+  EXPECT_EQ(inspect.out.substr(0, inspect.out.find('\n')), "BLIP-2 with a opt language model");
+  EXPECT_NE(inspect.out.find("155 tensors in 1 file(s)"), std::string::npos) << inspect.out;
+
+  const std::string out = ibtest::tmp_dir() + "/blip2-q8-" + std::to_string(::getpid());
+  Result q = run_program(IB_QUANTIZE_PATH, {"--model", ref.model_dir(), "--weights", "q8_0", "--out", out});
+  ASSERT_EQ(q.status, 0) << q.err;
+  const std::string image = ibtest::data_dir() + "/images/Confusing-Pictures.jpg";
+  Result r = run_cli({"--model", out, "--image", image, "--max-new-tokens", "20", "--json", "--quiet"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["weights"], "q8_0");
+  EXPECT_EQ(j["sequences"][0].size(), 21u);  // the placeholder bos + 20 new tokens
+  // f32, from the original directory: the reference caption
+  Result f = run_cli({"--model", ref.model_dir(), "--image", image, "--max-new-tokens", "20", "--json", "--quiet"});
+  ASSERT_EQ(f.status, 0) << f.err;
+  EXPECT_EQ(nlohmann::json::parse(f.out)["sequences"], ref.json["generation"]["greedy"]["c"]["sequences"]);
+  // an InstructBLIP checkpoint still needs its instruction
+  Result missing = run_cli({"--model", ibtest::data_dir() + "/t5-tiny/model", "--image", image});
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_NE(missing.err.find("--prompt"), std::string::npos) << missing.err;
+  std::system(("rm -rf " + quote(out)).c_str());
+}

@@ -23,8 +23,8 @@ namespace {
 const std::string kData = IB_TEST_DATA_DIR;
 
 struct Loaded {
-  InstructBlipForConditionalGeneration model;
-  InstructBlipProcessor processor;
+  VisionLanguageModel model;
+  VisionLanguageProcessor processor;
 };
 
 const Loaded& loaded(const std::string& dir) {
@@ -33,8 +33,8 @@ const Loaded& loaded(const std::string& dir) {
   std::lock_guard<std::mutex> lock(mu);
   auto& p = cache[dir];
   if (!p)
-    p = std::make_unique<Loaded>(Loaded{InstructBlipForConditionalGeneration::from_pretrained(dir),
-                                        InstructBlipProcessor::from_pretrained(dir)});
+    p = std::make_unique<Loaded>(
+        Loaded{VisionLanguageModel::from_pretrained(dir), VisionLanguageProcessor::from_pretrained(dir)});
   return *p;
 }
 
@@ -110,6 +110,12 @@ TEST(BatchEngine, T5FixtureEqualsGenerateAloneForGreedyBeamsAndSampling) {
 
 TEST(BatchEngine, LlamaFixtureEqualsGenerateAloneForGreedyBeamsAndSampling) {
   expect_engine_equals_generate(kData + "/llama-tiny/model", 8);
+}
+
+// BLIP-2 (OPT and Flan-T5 language models, the query-only Q-Former) through the same engine.
+TEST(BatchEngine, Blip2FixturesEqualGenerateAloneForGreedyBeamsAndSampling) {
+  expect_engine_equals_generate(kData + "/blip2-opt-tiny/model", 8);
+  expect_engine_equals_generate(kData + "/blip2-t5-tiny/model", 8);
 }
 
 // More rows in flight than the row-by-row threshold of linear() (8): still exact.

@@ -472,3 +472,12 @@ TEST(ServerApi, MetricsAreValidPrometheusText) {
     EXPECT_NO_THROW(std::stod(line.substr(sp + 1))) << line;
   }
 }
+
+TEST(ServerApi, TextIsOptionalWhenTheModelCaptions) {
+  ParseOptions blip2;
+  blip2.prompt_optional = true;
+  const ChatRequest r = parse(body(json::array({{{"type", "image_url"}, {"image_url", {{"url", kUri}}}}})), blip2);
+  EXPECT_EQ(r.prompt, "");
+  EXPECT_FALSE(r.image_bytes.empty());
+  expect_refused(body(json::array({{{"type", "image_url"}, {"image_url", {{"url", kUri}}}}})), "missing_text");
+}

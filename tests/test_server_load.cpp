@@ -711,3 +711,30 @@ TEST(ServerLoad, AnswersWhileLoadingAndHttpStatuses) {
   EXPECT_EQ(server.stop(), 0);
   fs::remove_all(dir);
 }
+
+// A BLIP-2 checkpoint served as it is: an image without text is captioned (the reference's greedy
+// caption of input c), and with text the prompt prefixes the answer as transformers feeds it.
+TEST(ServerLoad, Blip2CaptionsAnImageSentWithoutText) {
+  const std::string model = kData + "/blip2-opt-tiny/model";
+  ServerProcess server({"--model", model, "--port", "0", "--parallel", "2", "--threads", "1"});
+  const int port = server.port(60);
+  ASSERT_GT(port, 0) << server.log();
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_read_timeout(120, 0);
+  ASSERT_TRUE(healthy(cli)) << server.log();
+  const std::string url = "data:image/jpeg;base64," + base64(read_file(kData + "/images/Confusing-Pictures.jpg"));
+  json j = {{"model", "blip2"},
+            {"messages", json::array({{{"role", "user"},
+                                       {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}}})},
+            {"temperature", 0},
+            {"max_tokens", 20}};
+  auto r = cli.Post("/v1/chat/completions", j.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json reply = json::parse(r->body);
+  const json ref = json::parse(read_file(kData + "/blip2-opt-tiny/reference.json"));
+  EXPECT_EQ(reply["choices"][0]["message"]["content"], ref["generation"]["greedy"]["c"]["text"][0]);
+  EXPECT_EQ(reply["usage"]["completion_tokens"], 20);
+  EXPECT_EQ(reply["usage"]["prompt_tokens"], 8 + 1);  // 8 query tokens + the bos an empty prompt encodes to
+  EXPECT_EQ(server.stop(), 0);
+}
