@@ -1,6 +1,7 @@
-// Tokenizer throughput (bytes of text per second) for the three tokenizers of the test
-// checkpoints: T5 (sentencepiece unigram), LLaMA (sentencepiece BPE with byte fallback) and the
-// Q-Former's BERT WordPiece, encoding and decoding one English paragraph.
+// Tokenizer throughput (bytes of text per second) for the four tokenizers of the test
+// checkpoints: T5 (sentencepiece unigram), LLaMA (sentencepiece BPE with byte fallback), the
+// Q-Former's BERT WordPiece and OPT's GPT2 byte-level BPE (blip2-opt-tiny's tokenizer files),
+// encoding and decoding one English paragraph.
 // The checkpoint files are looked up in $IB_DATA_DIR, else in tests/data next to this source file.
 #include <benchmark/benchmark.h>
 
@@ -43,6 +44,7 @@ std::unique_ptr<ib::Tokenizer> load(const std::string& which) {
   const std::string d = data_dir();
   if (which == "t5") return ib::AutoTokenizer::from_pretrained(d + "/t5-tiny/model");
   if (which == "llama") return ib::AutoTokenizer::from_pretrained(d + "/llama-tiny/model");
+  if (which == "gpt2") return ib::AutoTokenizer::from_pretrained(d + "/tokenizers/blip2-opt-tiny");
   return ib::AutoTokenizer::from_pretrained(d + "/t5-tiny/model/qformer_tokenizer");
 }
 
@@ -117,6 +119,9 @@ void BM_Decode_BertQformer(benchmark::State& s) { run_decode(s, "bert"); }
 void BM_EncodeBatchPadded_T5(benchmark::State& s) { run_batch(s, "t5"); }
 void BM_EncodeBatchPadded_Llama(benchmark::State& s) { run_batch(s, "llama"); }
 void BM_EncodeBatchPadded_BertQformer(benchmark::State& s) { run_batch(s, "bert"); }
+void BM_Encode_Gpt2Opt(benchmark::State& s) { run_encode(s, "gpt2"); }
+void BM_Decode_Gpt2Opt(benchmark::State& s) { run_decode(s, "gpt2"); }
+void BM_EncodeBatchPadded_Gpt2Opt(benchmark::State& s) { run_batch(s, "gpt2"); }
 
 }  // namespace
 
@@ -129,3 +134,6 @@ BENCHMARK(BM_Decode_BertQformer);
 BENCHMARK(BM_EncodeBatchPadded_T5);
 BENCHMARK(BM_EncodeBatchPadded_Llama);
 BENCHMARK(BM_EncodeBatchPadded_BertQformer);
+BENCHMARK(BM_Encode_Gpt2Opt);
+BENCHMARK(BM_Decode_Gpt2Opt);
+BENCHMARK(BM_EncodeBatchPadded_Gpt2Opt);

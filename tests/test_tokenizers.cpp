@@ -387,7 +387,7 @@ void write_config_and_expect_config_error(const std::string& json_text) {
 }
 
 TEST(Tokenizers, BadConfigValuesAreConfigError) {
-  write_config_and_expect_config_error(R"({"tokenizer_class": "GPT2Tokenizer"})");
+  write_config_and_expect_config_error(R"({"tokenizer_class": "CLIPTokenizer"})");
   write_config_and_expect_config_error(R"({"tokenizer_class": 7})");
   write_config_and_expect_config_error(R"({"tokenizer_class": "BertTokenizer", "padding_side": "middle"})");
   write_config_and_expect_config_error(R"({"tokenizer_class": "BertTokenizer", "model_max_length": "long"})");

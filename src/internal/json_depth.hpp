@@ -13,14 +13,16 @@ namespace instructblip::detail {
 constexpr std::size_t kMaxJsonDepth = 64;
 
 /// True if `j` nests arrays / objects more than `limit` levels deep (checked without recursion).
-inline bool nested_deeper_than(const nlohmann::json& j, std::size_t limit = kMaxJsonDepth) {
-  std::vector<std::pair<const nlohmann::json*, std::size_t>> pending{{&j, 0}};
+/// Json: nlohmann::json or nlohmann::ordered_json.
+template <class Json = nlohmann::json>
+bool nested_deeper_than(const Json& j, std::size_t limit = kMaxJsonDepth) {
+  std::vector<std::pair<const Json*, std::size_t>> pending{{&j, 0}};
   while (!pending.empty()) {
     const auto [v, depth] = pending.back();
     pending.pop_back();
     if (!v->is_structured()) continue;
     if (depth >= limit) return true;
-    for (const nlohmann::json& e : *v) pending.emplace_back(&e, depth + 1);
+    for (const Json& e : *v) pending.emplace_back(&e, depth + 1);
   }
   return false;
 }

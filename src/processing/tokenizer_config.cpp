@@ -102,7 +102,7 @@ std::vector<AddedToken> parse_token_list(const json& v, const fs::path& file, co
   return out;
 }
 
-const std::string kClasses[] = {"T5Tokenizer", "LlamaTokenizer", "BertTokenizer"};
+const std::string kClasses[] = {"T5Tokenizer", "LlamaTokenizer", "BertTokenizer", "GPT2Tokenizer"};
 
 std::string canonical_class(const std::string& name, const fs::path& file) {
   std::string base = name;
@@ -112,7 +112,7 @@ std::string canonical_class(const std::string& name, const fs::path& file) {
   for (const auto& c : kClasses)
     if (base == c) return c;
   throw ConfigError("unsupported tokenizer_class \"" + name + "\" in '" + file.string() +
-                    "' (supported: T5Tokenizer, LlamaTokenizer, BertTokenizer)");
+                    "' (supported: T5Tokenizer, LlamaTokenizer, BertTokenizer, GPT2Tokenizer)");
 }
 
 void check_dir(const std::string& dir) {
@@ -136,9 +136,12 @@ std::string detect_tokenizer_class(const std::string& dir) {
   std::error_code ec;
   if (fs::exists(fs::path(dir) / "spiece.model", ec)) return "T5Tokenizer";
   if (fs::exists(fs::path(dir) / "tokenizer.model", ec)) return "LlamaTokenizer";
+  if (fs::exists(fs::path(dir) / "vocab.json", ec) && fs::exists(fs::path(dir) / "merges.txt", ec))
+    return "GPT2Tokenizer";
   if (fs::exists(fs::path(dir) / "vocab.txt", ec)) return "BertTokenizer";
   throw IoError("no tokenizer in '" + dir +
-                "': no tokenizer_class in tokenizer_config.json and none of spiece.model, tokenizer.model, vocab.txt");
+                "': no tokenizer_class in tokenizer_config.json and none of spiece.model, tokenizer.model, "
+                "vocab.json + merges.txt, vocab.txt");
 }
 
 TokenizerConfig load_tokenizer_config(const std::string& dir, const std::string& tokenizer_class) {
@@ -147,6 +150,7 @@ TokenizerConfig load_tokenizer_config(const std::string& dir, const std::string&
   const std::string cls = canonical_class(tokenizer_class, cfg_path);
   TokenizerConfig cfg = cls == "T5Tokenizer"      ? T5Tokenizer::default_config()
                         : cls == "LlamaTokenizer" ? LlamaTokenizer::default_config()
+                        : cls == "GPT2Tokenizer"  ? GPT2Tokenizer::default_config()
                                                   : BertTokenizer::default_config();
   const json conf = read_json_object(cfg_path).value_or(json::object());
 
@@ -250,17 +254,24 @@ TokenizerConfig load_tokenizer_config(const std::string& dir, const std::string&
       }
     } else if (key == "clean_up_tokenization_spaces") {
       cfg.clean_up_tokenization_spaces = get_opt_bool(v, cfg_path, key);
-    } else if (key == "legacy" && cls != "BertTokenizer") {
+    } else if (key == "legacy" && (cls == "T5Tokenizer" || cls == "LlamaTokenizer")) {
       cfg.legacy = get_opt_bool(v, cfg_path, key);
     } else if (key == "extra_ids" && cls == "T5Tokenizer") {
       if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > kMaxT5ExtraIds)
         throw ConfigError(where(cfg_path, key) + " must be an integer between 0 and " +
                           std::to_string(kMaxT5ExtraIds) + ", got " + v.dump());
       cfg.extra_ids = int(v.get<std::int64_t>());
-    } else if (key == "add_bos_token" && cls == "LlamaTokenizer") {
+    } else if (key == "add_bos_token" && (cls == "LlamaTokenizer" || cls == "GPT2Tokenizer")) {
       cfg.add_bos_token = get_bool(v, cfg_path, key);
     } else if (key == "add_eos_token" && cls == "LlamaTokenizer") {
       cfg.add_eos_token = get_bool(v, cfg_path, key);
+    } else if (key == "add_prefix_space" && cls == "GPT2Tokenizer") {
+      cfg.add_prefix_space = get_bool(v, cfg_path, key);
+    } else if (key == "errors" && cls == "GPT2Tokenizer") {
+      if (!v.is_string()) throw ConfigError(where(cfg_path, key) + " must be a string, got " + v.dump());
+      cfg.errors = v.get<std::string>();
+      if (cfg.errors != "replace" && cfg.errors != "ignore" && cfg.errors != "strict")
+        throw ConfigError(where(cfg_path, key) + " must be \"replace\", \"ignore\" or \"strict\", got " + v.dump());
     } else if (cls == "BertTokenizer") {
       if (key == "do_lower_case") cfg.do_lower_case = get_bool(v, cfg_path, key);
       else if (key == "do_basic_tokenize") cfg.do_basic_tokenize = get_bool(v, cfg_path, key);
@@ -284,6 +295,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_pretrained(const std::string& dir) {
   const std::string cls = detect_tokenizer_class(dir);
   if (cls == "T5Tokenizer") return T5Tokenizer::from_pretrained(dir);
   if (cls == "LlamaTokenizer") return LlamaTokenizer::from_pretrained(dir);
+  if (cls == "GPT2Tokenizer") return GPT2Tokenizer::from_pretrained(dir);
   return BertTokenizer::from_pretrained(dir);
 }
 

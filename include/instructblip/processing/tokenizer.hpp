@@ -4,8 +4,12 @@
 //   LlamaTokenizer  (sentencepiece; BOS/EOS per add_bos_token / add_eos_token, byte fallback)
 //   BertTokenizer   (WordPiece; BasicTokenizer cleaning, CJK splitting, lower-casing and accent
 //                    stripping through utf8proc, punctuation splitting, [CLS] ... [SEP])
+//   GPT2Tokenizer   (byte-level BPE of OPT / BLIP-2-OPT: vocab.json + merges.txt, GPT-2's
+//                    pre-tokenisation regex with utf8proc's Unicode categories, bos prepended per
+//                    add_bos_token, errors="replace" decoding of invalid UTF-8 byte sequences)
 // Every tokenizer is configured from a checkpoint's own files (tokenizer_config.json,
-// special_tokens_map.json, added_tokens.json and spiece.model / tokenizer.model / vocab.txt)
+// special_tokens_map.json, added_tokens.json and spiece.model / tokenizer.model / vocab.txt /
+// vocab.json + merges.txt)
 // through AutoTokenizer::from_pretrained(dir), or built directly from a model / vocab file and
 // a TokenizerConfig (the Python constructor's keyword arguments).
 //
@@ -74,7 +78,8 @@ constexpr std::int64_t kUnboundedLength = std::numeric_limits<std::int64_t>::max
 constexpr int kMaxT5ExtraIds = 10000;
 
 /// The keyword arguments of the Python constructors (and of tokenizer_config.json). Start from
-/// T5Tokenizer::default_config() / LlamaTokenizer::default_config() / BertTokenizer::default_config(),
+/// T5Tokenizer::default_config() / LlamaTokenizer::default_config() / BertTokenizer::default_config() /
+/// GPT2Tokenizer::default_config(),
 /// which hold each class's default special tokens.
 struct TokenizerConfig {
   std::optional<AddedToken> bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token;
@@ -90,8 +95,15 @@ struct TokenizerConfig {
   // T5Tokenizer / LlamaTokenizer
   std::optional<bool> legacy;  // unset = true, as 4.36.2 does for legacy=None
   int extra_ids = 100;         // T5 only; 0 ..= kMaxT5ExtraIds
-  bool add_bos_token = true;   // LLaMA only
+  bool add_bos_token = true;   // LLaMA and GPT2 (GPT2Tokenizer::default_config() sets false)
   bool add_eos_token = false;  // LLaMA only
+
+  // GPT2Tokenizer
+  bool add_prefix_space = false;  // a space is put before the text (the first word then starts with "Ġ")
+  /// How decode() treats byte sequences that are not UTF-8 (bytes.decode's errors=): "replace"
+  /// (U+FFFD per maximal invalid subpart, as CPython), "ignore" (dropped) or "strict"
+  /// (InvalidArgument); anything else is a ConfigError.
+  std::string errors = "replace";
 
   // BertTokenizer
   bool do_lower_case = true;
@@ -131,11 +143,12 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   /// AutoTokenizer.from_pretrained(dir): tokenizer_config.json's tokenizer_class selects the class
-  /// (T5Tokenizer, LlamaTokenizer, BertTokenizer; the *Fast names map to the slow classes); without
-  /// it the model file present decides (spiece.model, tokenizer.model, vocab.txt).
+  /// (T5Tokenizer, LlamaTokenizer, BertTokenizer, GPT2Tokenizer; the *Fast names map to the slow
+  /// classes); without it the model file present decides (spiece.model, tokenizer.model,
+  /// vocab.json + merges.txt, vocab.txt).
   static std::unique_ptr<Tokenizer> from_pretrained(const std::string& dir);
 
-  /// "T5Tokenizer", "LlamaTokenizer" or "BertTokenizer".
+  /// "T5Tokenizer", "LlamaTokenizer", "BertTokenizer" or "GPT2Tokenizer".
   virtual std::string class_name() const = 0;
 
   // ---- encoding ----------------------------------------------------------------------
@@ -186,7 +199,7 @@ class Tokenizer {
 
   // ---- special tokens ----------------------------------------------------------------
   /// ids + the class's special tokens (T5: </s> unless already last; LLaMA: <s> / </s> as
-  /// configured; BERT: [CLS] ids [SEP]).
+  /// configured; BERT: [CLS] ids [SEP]; GPT2: bos ids when add_bos_token, never an eos).
   virtual std::vector<std::int64_t> build_inputs_with_special_tokens(std::vector<std::int64_t> ids) const = 0;
   std::size_t num_special_tokens_to_add() const;
 
@@ -391,6 +404,59 @@ class BertTokenizer : public Tokenizer {
   bool tokenize_chinese_chars_ = true;
   std::optional<bool> strip_accents_;
   std::size_t max_input_chars_per_word_ = 100;
+};
+
+/// transformers GPT2Tokenizer (slow): byte-level BPE, as OPT / BLIP-2-OPT use it.
+class GPT2Tokenizer : public Tokenizer {
+ public:
+  /// GPT2Tokenizer(vocab_file, merges_file, **config). IoError for a missing file; FormatError for
+  /// a vocab.json that is not a JSON object of token -> non-negative integer id, or a merges.txt
+  /// line (after the first, which is skipped as transformers does) that is not exactly two symbols;
+  /// ConfigError for an unsupported `errors` mode.
+  GPT2Tokenizer(const std::string& vocab_file, const std::string& merges_file,
+                const TokenizerConfig& config = default_config());
+  /// unk / bos / eos <|endoftext|>, no pad, add_bos_token false, add_prefix_space false,
+  /// errors "replace", clean-up on.
+  static TokenizerConfig default_config();
+  static std::unique_ptr<GPT2Tokenizer> from_pretrained(const std::string& dir);
+  ~GPT2Tokenizer() override;
+
+  std::string class_name() const override { return "GPT2Tokenizer"; }
+  /// The tokens' byte symbols mapped back to bytes, decoded per errors(). A token holding a
+  /// character outside the byte alphabet (only possible for an added token) contributes its own
+  /// UTF-8 bytes, as the fast tokenizer's ByteLevel decoder does (the slow one raises KeyError).
+  std::string convert_tokens_to_string(std::vector<std::string> tokens) const override;
+  std::vector<std::int64_t> build_inputs_with_special_tokens(std::vector<std::int64_t> ids) const override;
+  std::int64_t vocab_size() const override;
+  bool add_bos_token() const { return add_bos_token_; }
+  bool add_prefix_space() const { return add_prefix_space_; }
+  const std::string& errors() const { return errors_; }
+
+  /// GPT-2's pre-tokenisation regex ('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
+  /// \s+(?!\S)|\s+, findall) on valid UTF-8: the pieces, as UTF-8 text. As in Python's `regex`
+  /// module, \s is the White_Space property; \p{L} / \p{N} are utf8proc's L* / N* categories.
+  static std::vector<std::string> pre_tokenize(std::string_view text);
+  /// bytes_to_unicode(): the symbol standing for each byte (UTF-8 encoded).
+  static const std::string& byte_symbol(unsigned char byte);
+  /// bpe(token) on a string of byte symbols: the merged symbols.
+  std::vector<std::string> bpe(std::string_view symbols) const;
+
+ protected:
+  std::vector<std::string> tokenize_checked(std::string_view text) const override;
+  std::vector<std::string> tokenize_chunk(std::string_view text) const override;
+  std::int64_t base_token_to_id(std::string_view token) const override;
+  std::string base_id_to_token(std::int64_t id) const override;
+  bool base_vocab_contains(std::string_view token) const override;
+  std::int64_t base_vocab_distinct_size() const override;
+
+ private:
+  struct Merges;
+  std::unordered_map<std::string, std::int64_t> encoder_;
+  std::unordered_map<std::int64_t, std::string> decoder_;
+  std::unique_ptr<Merges> merges_;
+  bool add_bos_token_ = false;
+  bool add_prefix_space_ = false;
+  std::string errors_ = "replace";
 };
 
 /// transformers.AutoTokenizer.
