@@ -122,11 +122,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: %s OUT_DIR [--model instructblip-flan-t5-xl|blip2-opt-2.7b|blip2-opt-6.7b]\n"
                  "       [--processor-from DIR] [--dtype f32|bf16] [--max-shard-gb N]\n"
+                 "       [--vision-layers N] [--qformer-layers N] [--text-layers N]\n"
                  "writes a random-weight checkpoint at a released model's size (default InstructBLIP-Flan-T5-XL:\n"
                  "vision ViT-g/14, Q-Former, Flan-T5-XL; blip2-opt-*: ViT-g/14, BLIP-2 Q-Former, OPT-2.7b/6.7b):\n"
                  "one model.safetensors, or shards of at most N GB with model.safetensors.index.json.\n"
                  "--processor-from defaults to models/tiny-random-flan-t5 (InstructBLIP) or\n"
-                 "tests/data/blip2-opt-tiny/model (BLIP-2)\n",
+                 "tests/data/blip2-opt-tiny/model (BLIP-2). The --*-layers options make a reduced-depth model\n"
+                 "(smoke tests; default: the released layer counts)\n",
                  argv[0]);
     return 2;
   }
@@ -134,9 +136,13 @@ int main(int argc, char** argv) {
   std::string processor_from, model_name = "instructblip-flan-t5-xl";
   DType dtype = DType::F32;
   double max_shard_gb = 0;  // 0: one file
+  std::int64_t vision_layers = 0, qformer_layers = 0, text_layers = 0;  // 0: the released model's
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--processor-from")) processor_from = argv[i + 1];
     else if (!std::strcmp(argv[i], "--model")) model_name = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--vision-layers")) vision_layers = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--qformer-layers")) qformer_layers = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--text-layers")) text_layers = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--dtype")) dtype = !std::strcmp(argv[i + 1], "bf16") ? DType::BF16 : DType::F32;
     else if (!std::strcmp(argv[i], "--max-shard-gb")) max_shard_gb = std::atof(argv[i + 1]);
   }
@@ -148,12 +154,19 @@ int main(int argc, char** argv) {
     if (processor_from.empty()) processor_from = blip2 ? "tests/data/blip2-opt-tiny/model" : "models/tiny-random-flan-t5";
     std::system(("mkdir -p '" + out + (blip2 ? "'" : "/qformer_tokenizer'")).c_str());
     InstructBlipConfig cfg;
+    VisionConfig vision;
+    QFormerConfig qformer;
+    if (vision_layers > 0) vision.num_hidden_layers = vision_layers;
+    if (qformer_layers > 0) qformer.num_hidden_layers = qformer_layers;
     if (blip2) {
-      const OPTConfig opt = model_name == "blip2-opt-2.7b" ? opt_config(2560, 10240) : opt_config(4096, 16384);
-      cfg = InstructBlipConfig::from_vision_qformer_text_configs(VisionConfig{}, QFormerConfig{}, opt).as_blip2();
+      OPTConfig opt = model_name == "blip2-opt-2.7b" ? opt_config(2560, 10240) : opt_config(4096, 16384);
+      if (text_layers > 0) opt.num_hidden_layers = text_layers;
+      cfg = InstructBlipConfig::from_vision_qformer_text_configs(vision, qformer, opt).as_blip2();
       cfg.architectures = {"Blip2ForConditionalGeneration"};
     } else {
-      cfg = InstructBlipConfig::from_vision_qformer_text_configs(VisionConfig{}, QFormerConfig{}, flan_t5_xl());
+      T5Config t5 = flan_t5_xl();
+      if (text_layers > 0) t5.num_layers = t5.num_decoder_layers = text_layers;
+      cfg = InstructBlipConfig::from_vision_qformer_text_configs(vision, qformer, t5);
       cfg.architectures = {"InstructBlipForConditionalGeneration"};
     }
     nlohmann::json cj = cfg.to_json();
