@@ -877,6 +877,11 @@ def print_table(results):
         ms = f"{r['median_ms']:.1f}" + ("/tok" if r.get("unit_ms") == "ms/token" else "")
         name = r["name"] + (f" [{r['variant']}]" if r.get("variant") else "")
         rows.append((name, r["dtype"], ms, f"{r['rate']:.1f} {r['rate_unit']}", r.get("note", "")))
+        if r["name"] == "blip2_e2e":
+            s = r["stages_median_ms"]
+            for k, label in (("vision_ms", "vision"), ("qformer_ms", "qformer+proj"), ("prefill_ms", "prefill"),
+                             ("decode_ms", f"decode {s['decode_steps']:.0f} steps"), ("ms_per_token", "ms/token")):
+                rows.append(("  blip2." + label, r["dtype"], f"{s[k]:.1f}", "", ""))
         if r["name"] == "e2e":
             s = r["stages_median_ms"]
             for k, label in (("vision_ms", "vision"), ("qformer_ms", "qformer+proj"),
@@ -890,6 +895,303 @@ def print_table(results):
         if i == 0:
             print("  ".join("-" * x for x in w))
     print(flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# BLIP-2 OPT (Blip2ForConditionalGeneration) loaded from a checkpoint directory (--blip2 DIR)
+# --------------------------------------------------------------------------------------------
+# transformers 4.36.2 semantics (models/blip_2/modeling_blip_2.py, models/opt/modeling_opt.py):
+# ViT-g (pre-LN, fused qkv with its stored bias, exact GELU, post-LN) -> BLIP-2 Q-Former (input
+# LayerNorm(query_tokens), no text, BERT post-LN layers, cross-attention every
+# cross_attention_frequency layers, query FFN only) -> language_projection -> OPT (learned positions
+# cumsum(mask) * mask - 1 + 2, pre-LN, q scaled after its bias, ReLU FFN, final LayerNorm, head tied
+# to embed_tokens) -> greedy decoding from inputs_embeds with a KV cache. In bf16 every weight and
+# activation is bfloat16, as from_pretrained(torch_dtype=torch.bfloat16) runs it (softmax in bf16:
+# OPT upcasts only fp16).
+
+SAFETENSORS_DTYPES = {"F32": ("<f4", None), "BF16": ("<i2", torch.bfloat16), "F16": ("<f2", None),
+                      "I64": ("<i8", None), "I32": ("<i4", None)}
+
+
+def read_safetensors(path):
+    """name -> torch tensor over a copy-on-write memory map of the file (8-byte header length, JSON
+    header, raw little-endian data)."""
+    import numpy as np
+    import warnings
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    raw = np.memmap(path, dtype=np.uint8, mode="c")
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        np_dt, view = SAFETENSORS_DTYPES[info["dtype"]]
+        a, b = info["data_offsets"]
+        arr = raw[base + a:base + b].view(np_dt).reshape(info["shape"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = torch.from_numpy(arr)
+        out[name] = t.view(view) if view is not None else t
+    return out
+
+
+def load_checkpoint_tensors(ckpt):
+    index = os.path.join(ckpt, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        return read_safetensors(os.path.join(ckpt, "model.safetensors"))
+    with open(index) as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for fn in files:
+        out.update(read_safetensors(os.path.join(ckpt, fn)))
+    return out
+
+
+class Blip2OPT:
+    def __init__(self, ckpt, dtype):
+        with open(os.path.join(ckpt, "config.json")) as f:
+            cfg = json.load(f)
+        if cfg.get("model_type") != "blip-2":
+            raise SystemExit(f"{ckpt}: not a BLIP-2 checkpoint (model_type {cfg.get('model_type')!r})")
+        vc, qc, tc = cfg.get("vision_config", {}), cfg.get("qformer_config", {}), cfg.get("text_config", {})
+        if tc.get("model_type", "opt") != "opt":
+            raise SystemExit(f"{ckpt}: --blip2 runs BLIP-2 OPT only, text_config.model_type is {tc['model_type']!r}")
+        self.dt = dtype
+        self.v = dict(hidden=vc.get("hidden_size", 1408), heads=vc.get("num_attention_heads", 16),
+                      layers=vc.get("num_hidden_layers", 39), eps=vc.get("layer_norm_eps", 1e-6),
+                      patch=vc.get("patch_size", 14))
+        self.q = dict(hidden=qc.get("hidden_size", 768), heads=qc.get("num_attention_heads", 12),
+                      layers=qc.get("num_hidden_layers", 12), eps=qc.get("layer_norm_eps", 1e-12),
+                      freq=qc.get("cross_attention_frequency", 2))
+        self.t = dict(hidden=tc.get("hidden_size", 768), heads=tc.get("num_attention_heads", 12),
+                      layers=tc.get("num_hidden_layers", 12), vocab=tc.get("vocab_size", 50272))
+        eos = tc.get("eos_token_id", 2)
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.bos, self.pad = tc.get("bos_token_id", 2), tc.get("pad_token_id", 1)
+        if tc.get("word_embed_proj_dim") not in (None, self.t["hidden"]):
+            raise SystemExit("OPT with word_embed_proj_dim != hidden_size: BLIP-2 cannot run it (4.36.2)")
+        raw = load_checkpoint_tensors(ckpt)
+        # Floating tensors in the run dtype (no copy when the checkpoint already stores it).
+        self.w = {k: (x.to(dtype) if x.is_floating_point() else x) for k, x in raw.items()}
+        del raw
+
+    def weight_bytes(self):
+        return sum(nbytes(x) for x in self.w.values())
+
+    def _lin(self, x, p):
+        return F.linear(x, self.w[p + ".weight"], self.w.get(p + ".bias"))
+
+    def _ln(self, x, p, eps):
+        return F.layer_norm(x, (x.shape[-1],), self.w[p + ".weight"], self.w[p + ".bias"], eps)
+
+    def vision(self, pixel_values):
+        w, D, H, eps = self.w, self.v["hidden"], self.v["heads"], self.v["eps"]
+        hd = D // H
+        x = F.conv2d(pixel_values.to(self.dt), w["vision_model.embeddings.patch_embedding.weight"],
+                     w["vision_model.embeddings.patch_embedding.bias"], stride=self.v["patch"])
+        x = x.flatten(2).transpose(1, 2)
+        B = x.shape[0]
+        cls = w["vision_model.embeddings.class_embedding"].expand(B, 1, -1)
+        x = torch.cat([cls, x], dim=1) + w["vision_model.embeddings.position_embedding"][:, :x.shape[1] + 1]
+        N = x.shape[1]
+        for i in range(self.v["layers"]):
+            p = f"vision_model.encoder.layers.{i}."
+            h = self._ln(x, p + "layer_norm1", eps)
+            qkv = self._lin(h, p + "self_attn.qkv").reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+            a = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)) * hd ** -0.5
+            o = torch.matmul(torch.softmax(a, dim=-1), qkv[2]).permute(0, 2, 1, 3).reshape(B, N, D)
+            x = x + self._lin(o, p + "self_attn.projection")
+            h = self._ln(x, p + "layer_norm2", eps)
+            x = x + self._lin(F.gelu(self._lin(h, p + "mlp.fc1")), p + "mlp.fc2")
+        return self._ln(x, "vision_model.post_layernorm", eps)
+
+    def _qf_attn(self, x, kv, p):
+        B, Lq, D = x.shape
+        H = self.q["heads"]
+        hd = D // H
+        q = self._lin(x, p + "attention.query").view(B, Lq, H, hd).transpose(1, 2)
+        k = self._lin(kv, p + "attention.key").view(B, kv.shape[1], H, hd).transpose(1, 2)
+        v = self._lin(kv, p + "attention.value").view(B, kv.shape[1], H, hd).transpose(1, 2)
+        s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)  # + an all-zero mask
+        o = torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2).reshape(B, Lq, D)
+        return self._ln(self._lin(o, p + "output.dense") + x, p + "output.LayerNorm", self.q["eps"])
+
+    def qformer(self, image_embeds):
+        """-> language_model_inputs [B, num_query_tokens, text hidden] (Q-Former + language_projection)."""
+        B = image_embeds.shape[0]
+        x = self._ln(self.w["query_tokens"].expand(B, -1, -1), "qformer.layernorm", self.q["eps"])
+        for i in range(self.q["layers"]):
+            p = f"qformer.encoder.layer.{i}."
+            x = self._qf_attn(x, x, p + "attention.")
+            if i % self.q["freq"] == 0:
+                x = self._qf_attn(x, image_embeds, p + "crossattention.")
+            h = F.gelu(self._lin(x, p + "intermediate_query.dense"))
+            x = self._ln(self._lin(h, p + "output_query.dense") + x, p + "output_query.LayerNorm", self.q["eps"])
+        return self._lin(x, "language_projection")
+
+    def embed(self, ids):
+        return F.embedding(ids, self.w["language_model.model.decoder.embed_tokens.weight"])
+
+    def new_cache(self, max_len):
+        D, H = self.t["hidden"], self.t["heads"]
+        shape = (1, H, max_len, D // H)
+        return dict(k=[torch.zeros(shape, dtype=self.dt) for _ in range(self.t["layers"])],
+                    v=[torch.zeros(shape, dtype=self.dt) for _ in range(self.t["layers"])], len=0)
+
+    def lm(self, x, positions, cache, single=False):
+        """Batch-1 OPT forward of x [1, L, D] at `positions` (position ids, before the offset 2),
+        appending to `cache`; the new positions see every cached one and themselves causally.
+        single: one new token, whose products follow --decode-linear. -> logits of the last position
+        [1, vocab]."""
+        w, D, H = self.w, self.t["hidden"], self.t["heads"]
+        hd = D // H
+        L, start = x.shape[1], cache["len"]
+        d = "language_model.model.decoder."
+        x = x + F.embedding(positions + 2, w[d + "embed_positions.weight"])
+        mask = None
+        if L > 1:
+            mask = torch.full((L, start + L), torch.finfo(self.dt).min, dtype=self.dt).triu(start + 1)
+
+        def lw(t, p):
+            if single:
+                return lin1(t, w[p + ".weight"]) + w[p + ".bias"]
+            return F.linear(t, w[p + ".weight"], w[p + ".bias"])
+
+        for i in range(self.t["layers"]):
+            p = f"{d}layers.{i}."
+            h = self._ln(x, p + "self_attn_layer_norm", 1e-5)
+            q = (lw(h, p + "self_attn.q_proj") * hd ** -0.5).view(1, L, H, hd).transpose(1, 2)
+            cache["k"][i][:, :, start:start + L] = lw(h, p + "self_attn.k_proj").view(1, L, H, hd).transpose(1, 2)
+            cache["v"][i][:, :, start:start + L] = lw(h, p + "self_attn.v_proj").view(1, L, H, hd).transpose(1, 2)
+            k, v = cache["k"][i][:, :, :start + L], cache["v"][i][:, :, :start + L]
+            s = torch.matmul(q, k.transpose(-1, -2))
+            if mask is not None:
+                s = torch.max(s + mask, torch.tensor(torch.finfo(self.dt).min, dtype=self.dt))
+            o = torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2).reshape(1, L, D)
+            x = x + lw(o, p + "self_attn.out_proj")
+            h = self._ln(x, p + "final_layer_norm", 1e-5)
+            x = x + lw(torch.relu(lw(h, p + "fc1")), p + "fc2")
+        cache["len"] = start + L
+        h = self._ln(x[:, -1:], d + "final_layer_norm", 1e-5)
+        head = w[d + "embed_tokens.weight"]
+        return (lin1(h, head) if single else F.linear(h, head))[:, 0]
+
+    def generate(self, pixel_values, input_ids, new_tokens, stop_at_eos, times=None):
+        """Greedy decoding as Blip2ForConditionalGeneration.generate (batch 1, all-ones mask): returns
+        (sequences [dummy bos + new tokens], first-step logits in float32). With stop_at_eos=False
+        exactly new_tokens tokens are made (--min-new-tokens = --max-new-tokens). `times` gets the
+        stage times (ms)."""
+        t = [time.perf_counter()]
+        img = self.vision(pixel_values)
+        t.append(time.perf_counter())
+        q = self.qformer(img)
+        t.append(time.perf_counter())
+        x = torch.cat([q, self.embed(input_ids)], dim=1)
+        L = x.shape[1]
+        cache = self.new_cache(L + new_tokens)
+        logits = self.lm(x, torch.arange(L).unsqueeze(0), cache)
+        first = logits.float()
+        tok = int(torch.argmax(logits, dim=-1))
+        t.append(time.perf_counter())
+        seq = [self.bos, tok]
+        for i in range(1, new_tokens):
+            if stop_at_eos and tok in self.eos:
+                break
+            logits = self.lm(self.embed(torch.tensor([[tok]])), torch.tensor([[L + i - 1]]), cache, single=True)
+            tok = int(torch.argmax(logits, dim=-1))
+            seq.append(tok)
+        t.append(time.perf_counter())
+        if stop_at_eos:  # finished rows are padded to the full length (generation/utils.py:2619)
+            seq += [self.pad] * (new_tokens + 1 - len(seq))
+        if times is not None:
+            d = [(b - a) * 1e3 for a, b in zip(t, t[1:])]
+            steps = max(len(seq) - 2, 1)
+            times.update(vision_ms=d[0], qformer_ms=d[1], prefill_ms=d[2], decode_ms=d[3], decode_steps=steps,
+                         ms_per_token=d[3] / steps, total_ms=(t[-1] - t[0]) * 1e3)
+        return seq, first
+
+
+BLIP2_DEFAULT_PROMPT_IDS = [2, 45641, 35, 653, 16, 11, 42, 2274, 116, 31652, 35]  # "</s>Question: what is in this image? Answer:" (OPT BPE)
+
+
+def run_blip2(args):
+    """--blip2 DIR: time greedy BLIP-2-OPT generation (exactly --new-tokens tokens) per --dtype."""
+    inputs = {}
+    if args.blip2_input:
+        inputs = read_safetensors(args.blip2_input)
+    px = inputs.get("pixel_values")
+    if px is None:
+        torch.manual_seed(0)
+        px = torch.randn(1, 3, 224, 224)
+    ids = inputs.get("input_ids")
+    if ids is None:
+        ids = torch.tensor([BLIP2_DEFAULT_PROMPT_IDS])
+    px, ids = px.float().clone(), ids.long().clone()
+    if px.shape[0] != 1 or ids.shape[0] != 1:
+        raise SystemExit("--blip2 runs batch 1: the input file must hold one image and one prompt")
+    out = []
+    for dn in args.blip2_dtypes:
+        t0 = time.perf_counter()
+        m = Blip2OPT(args.blip2, DTYPES[dn])
+        log(f"[blip2 {dn}] loaded {args.blip2} ({m.weight_bytes() / 1e9:.2f} GB as {dn}) in "
+            f"{time.perf_counter() - t0:.1f} s, RSS {rss_gb():.1f} GB; prompt {ids.shape[1]} tokens, "
+            f"{args.new_tokens} new tokens, torch threads {torch.get_num_threads()}")
+        for mode in args.decode_linear:
+            DECODE_LINEAR["mode"] = mode
+            runs, seq, first = [], None, None
+            for r in range(args.reps + 1):  # the first run is a warm-up
+                times = {}
+                seq, first = m.generate(px, ids, args.new_tokens, stop_at_eos=False, times=times)
+                if r:
+                    runs.append(times)
+            stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            record = rec("blip2_e2e", dn, stages["total_ms"], [r["total_ms"] for r in runs],
+                         1e3 / stages["ms_per_token"], "decode tok/s",
+                         dict(checkpoint=args.blip2, prompt_tokens=int(ids.shape[1]), new_tokens=args.new_tokens,
+                              decode_linear=mode, vision_layers=m.v["layers"], qformer_layers=m.q["layers"],
+                              opt_layers=m.t["layers"], opt_hidden=m.t["hidden"],
+                              stages="vision | qformer(+projection) | OPT prompt forward -> 1st token | "
+                                     "remaining tokens, one step each"),
+                         variant=mode, stages_median_ms=stages, stage_samples=runs, sequences=[seq])
+            if "first_step_logits" in inputs:  # instructblip-generate --dump: our C++ on the same input
+                ref = inputs["first_step_logits"].float().reshape(-1)
+                record["vs_dump"] = dict(first_step_logits_max_abs_diff=float((first.reshape(-1) - ref).abs().max()),
+                                         sequences_equal=inputs["sequences"].reshape(-1).tolist() == seq)
+            log(f"  {dn} [{mode}]: vision {stages['vision_ms']:.0f} ms | qformer {stages['qformer_ms']:.0f} ms | "
+                f"prefill {stages['prefill_ms']:.0f} ms | {stages['ms_per_token']:.1f} ms/token | total "
+                f"{stages['total_ms'] / 1e3:.2f} s" + (f" | vs dump {record['vs_dump']}" if "vs_dump" in record else ""))
+            out.append(record)
+        del m
+        free()
+    return out
+
+
+def blip2_self_check(args):
+    """Our PyTorch BLIP-2-OPT against transformers 4.36.2's outputs stored for the tiny fixture
+    (tests/data/blip2-opt-tiny: the same numbers the C++ tests check the library against), in f32:
+    first-step logits within 1e-4 and the greedy ids of input a."""
+    fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data",
+                           "blip2-opt-tiny")
+    ref = read_safetensors(os.path.join(fixture, "reference.safetensors"))
+    with open(os.path.join(fixture, "reference.json")) as f:
+        greedy = json.load(f)["generation"]["greedy"]["a"]["sequences"][0]
+    m = Blip2OPT(os.path.join(fixture, "model"), torch.float32)
+    ok = True
+    for mode in ("linear", "mv"):
+        DECODE_LINEAR["mode"] = mode
+        seq, first = m.generate(ref["a.pixel_values"].clone(), ref["a.input_ids"].clone(), len(greedy) - 1,
+                                stop_at_eos=True)
+        d_scores = float((first - ref["a.gen.greedy.scores"][:, 0]).abs().max())
+        d_logits = float((first - ref["a.logits"][:, -1]).abs().max())
+        good = d_scores <= 1e-4 and d_logits <= 1e-4 and seq == greedy
+        ok &= good
+        log(f"self-check [{mode}]: first-step logits max |diff| {d_scores:.2e} (greedy scores[0]), {d_logits:.2e} "
+            f"(forward logits[:, -1]); greedy ids {'equal' if seq == greedy else 'DIFFER'} "
+            f"({len(greedy) - 1} tokens){'' if seq == greedy else f': ours {seq} vs {greedy}'}: "
+            f"{'ok' if good else 'FAILED'}")
+    return ok
 
 
 def main():
@@ -926,7 +1228,44 @@ def main():
     bulk.add_argument("--bulk-threads", default="2,1",
                       help="comma list of torch.set_num_threads values to try; the best is reported (default 2,1)")
     bulk.add_argument("--bulk-warmup", type=int, default=1, help="untimed batches before each timed pass (default 1)")
+    b2 = ap.add_argument_group("BLIP-2 OPT from a checkpoint (--blip2, --self-check)")
+    b2.add_argument("--blip2", default=None, metavar="DIR",
+                    help="time greedy generation of the BLIP-2-OPT checkpoint in DIR (e.g. one written by "
+                         "instructblip-random-checkpoint --model blip2-opt-2.7b): exactly --new-tokens tokens, batch 1, "
+                         "per --dtype (default bf16), stage times; then exits")
+    b2.add_argument("--blip2-input", default=None, metavar="FILE",
+                    help="safetensors with pixel_values [1,3,224,224] and input_ids [1,L] (e.g. instructblip-generate "
+                         "--dump; its first_step_logits / sequences are then compared too); default: random pixels "
+                         "and a fixed prompt")
+    b2.add_argument("--self-check", action="store_true",
+                    help="check the BLIP-2-OPT code against transformers' outputs for tests/data/blip2-opt-tiny (f32: "
+                         "first-step logits within 1e-4, greedy ids of input a); exit status 1 on a mismatch")
     args = ap.parse_args()
+
+    if args.self_check or args.blip2:
+        args.decode_linear = [m.strip() for m in args.decode_linear.split(",") if m.strip()]
+        if not args.decode_linear or any(m not in ("linear", "mv") for m in args.decode_linear):
+            ap.error("--decode-linear takes a comma list of linear,mv")
+        torch.set_num_threads(args.torch_threads)
+        with torch.inference_mode():
+            if args.self_check and not blip2_self_check(args):
+                sys.exit(1)
+            if not args.blip2:
+                return
+            args.blip2_dtypes = [d.strip() for d in (args.dtype or "bf16").split(",") if d.strip()]
+            if any(d not in DTYPES for d in args.blip2_dtypes) or args.reps < 1 or args.new_tokens < 1:
+                ap.error("--dtype takes f32,bf16; --reps and --new-tokens must be >= 1")
+            info = env_report(args.blip2_dtypes)
+            results = run_blip2(args)
+        print_table(results)
+        if args.json:
+            for r in results:
+                r["environment"] = info
+                r["args"] = vars(args)
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+            log(f"wrote {args.json}")
+        return
 
     if args.bulk:
         try:

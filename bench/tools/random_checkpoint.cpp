@@ -1,9 +1,11 @@
-// instructblip-random-checkpoint: writes an InstructBLIP checkpoint with random weights in the
-// HuggingFace layout (config.json, model.safetensors, generation_config.json) at the real
-// Flan-T5-XL size, streaming tensor by tensor so that a 16 GB file needs little memory. The
-// processor files (tokenizers, preprocessor_config.json) are copied from another checkpoint.
-// Used to measure load time, speed and peak memory of full-size runs without a download.
+// instructblip-random-checkpoint: writes an InstructBLIP or BLIP-2 checkpoint with random weights
+// in the HuggingFace layout (config.json, model.safetensors, generation_config.json) at a released
+// model's size (--model: InstructBLIP Flan-T5-XL, the default, or BLIP-2 OPT-2.7b / OPT-6.7b),
+// streaming tensor by tensor so that a 16 GB file needs little memory. The processor files
+// (tokenizers, preprocessor_config.json) are copied from another checkpoint. Used to measure load
+// time, speed and peak memory of full-size runs without a download.
 #include <instructblip/instructblip.hpp>
+#include <instructblip/models/opt.hpp>
 
 #include <cstdio>
 #include <cstring>
@@ -32,6 +34,25 @@ T5Config flan_t5_xl() {
   t.tie_word_embeddings = false;
   t.decoder_start_token_id = 0;
   t.architectures = {"T5ForConditionalGeneration"};
+  return t;
+}
+
+// facebook/opt-2.7b / opt-6.7b as the Salesforce/blip2-opt-* checkpoints carry them: eos is the
+// id of "\n" (50118), as their conversion script sets it; the head is tied to the embeddings.
+OPTConfig opt_config(std::int64_t hidden, std::int64_t ffn) {
+  OPTConfig t;
+  t.vocab_size = 50272;
+  t.hidden_size = hidden;
+  t.word_embed_proj_dim = hidden;
+  t.num_hidden_layers = 32;
+  t.num_attention_heads = 32;
+  t.ffn_dim = ffn;
+  t.max_position_embeddings = 2048;
+  t.eos_token_id = {50118};
+  t.bos_token_id = 2;
+  t.pad_token_id = 1;
+  t.tie_word_embeddings = true;
+  t.architectures = {"OPTForCausalLM"};
   return t;
 }
 
@@ -99,36 +120,85 @@ void copy_file(const std::string& from, const std::string& to) {
 int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help")) {
     std::fprintf(stderr,
-                 "usage: %s OUT_DIR [--processor-from DIR] [--dtype f32|bf16] [--max-shard-gb N]\n"
-                 "writes a random-weight InstructBLIP-Flan-T5-XL checkpoint (vision ViT-g/14, Q-Former, Flan-T5-XL):\n"
-                 "one model.safetensors, or shards of at most N GB with model.safetensors.index.json\n",
+                 "usage: %s OUT_DIR [--model instructblip-flan-t5-xl|blip2-opt-2.7b|blip2-opt-6.7b]\n"
+                 "       [--processor-from DIR] [--dtype f32|bf16] [--max-shard-gb N]\n"
+                 "       [--vision-layers N] [--qformer-layers N] [--text-layers N]\n"
+                 "writes a random-weight checkpoint at a released model's size (default InstructBLIP-Flan-T5-XL:\n"
+                 "vision ViT-g/14, Q-Former, Flan-T5-XL; blip2-opt-*: ViT-g/14, BLIP-2 Q-Former, OPT-2.7b/6.7b):\n"
+                 "one model.safetensors, or shards of at most N GB with model.safetensors.index.json.\n"
+                 "--processor-from defaults to models/tiny-random-flan-t5 (InstructBLIP) or\n"
+                 "tests/data/blip2-opt-tiny/model (BLIP-2). The --*-layers options make a reduced-depth model\n"
+                 "(smoke tests; default: the released layer counts)\n",
                  argv[0]);
     return 2;
   }
   const std::string out = argv[1];
-  std::string processor_from = "models/tiny-random-flan-t5";
+  std::string processor_from, model_name = "instructblip-flan-t5-xl";
   DType dtype = DType::F32;
   double max_shard_gb = 0;  // 0: one file
+  std::int64_t vision_layers = 0, qformer_layers = 0, text_layers = 0;  // 0: the released model's
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--processor-from")) processor_from = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--model")) model_name = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--vision-layers")) vision_layers = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--qformer-layers")) qformer_layers = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--text-layers")) text_layers = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--dtype")) dtype = !std::strcmp(argv[i + 1], "bf16") ? DType::BF16 : DType::F32;
     else if (!std::strcmp(argv[i], "--max-shard-gb")) max_shard_gb = std::atof(argv[i + 1]);
   }
   try {
-    std::system(("mkdir -p '" + out + "/qformer_tokenizer'").c_str());
-    InstructBlipConfig cfg = InstructBlipConfig::from_vision_qformer_text_configs(VisionConfig{}, QFormerConfig{}, flan_t5_xl());
-    cfg.architectures = {"InstructBlipForConditionalGeneration"};
-    std::ofstream(out + "/config.json") << cfg.to_json().dump(2);
-    std::ofstream(out + "/generation_config.json") << GenerationConfig::from_model_config(cfg).to_json().dump(2);
-    for (const char* f : {"preprocessor_config.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json",
-                          "added_tokens.json", "qformer_tokenizer/vocab.txt", "qformer_tokenizer/tokenizer_config.json",
-                          "qformer_tokenizer/special_tokens_map.json", "qformer_tokenizer/added_tokens.json"})
-      copy_file(processor_from + "/" + f, out + "/" + f);
+    const bool blip2 = model_name == "blip2-opt-2.7b" || model_name == "blip2-opt-6.7b";
+    if (!blip2 && model_name != "instructblip-flan-t5-xl")
+      throw InvalidArgument("--model must be instructblip-flan-t5-xl, blip2-opt-2.7b or blip2-opt-6.7b, got '" +
+                            model_name + "'");
+    if (processor_from.empty()) processor_from = blip2 ? "tests/data/blip2-opt-tiny/model" : "models/tiny-random-flan-t5";
+    std::system(("mkdir -p '" + out + (blip2 ? "'" : "/qformer_tokenizer'")).c_str());
+    InstructBlipConfig cfg;
+    VisionConfig vision;
+    QFormerConfig qformer;
+    if (vision_layers > 0) vision.num_hidden_layers = vision_layers;
+    if (qformer_layers > 0) qformer.num_hidden_layers = qformer_layers;
+    if (blip2) {
+      OPTConfig opt = model_name == "blip2-opt-2.7b" ? opt_config(2560, 10240) : opt_config(4096, 16384);
+      if (text_layers > 0) opt.num_hidden_layers = text_layers;
+      cfg = InstructBlipConfig::from_vision_qformer_text_configs(vision, qformer, opt).as_blip2();
+      cfg.architectures = {"Blip2ForConditionalGeneration"};
+    } else {
+      T5Config t5 = flan_t5_xl();
+      if (text_layers > 0) t5.num_layers = t5.num_decoder_layers = text_layers;
+      cfg = InstructBlipConfig::from_vision_qformer_text_configs(vision, qformer, t5);
+      cfg.architectures = {"InstructBlipForConditionalGeneration"};
+    }
+    nlohmann::json cj = cfg.to_json();
+    // As transformers 4.36.2 writes them: Blip2VisionConfig's model_type, and the dtype of the weights.
+    if (blip2) cj["vision_config"]["model_type"] = "blip_2_vision_model";
+    cj["torch_dtype"] = dtype == DType::BF16 ? "bfloat16" : "float32";
+    cj["transformers_version"] = "4.36.2";
+    std::ofstream(out + "/config.json") << cj.dump(2);
+    nlohmann::json gj = GenerationConfig::from_model_config(cfg).to_json();
+    gj["transformers_version"] = "4.36.2";
+    std::ofstream(out + "/generation_config.json") << gj.dump(2);
+    if (blip2) {
+      for (const char* f : {"preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer.json",
+                            "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
+        copy_file(processor_from + "/" + f, out + "/" + f);
+    } else {
+      for (const char* f : {"preprocessor_config.json", "spiece.model", "tokenizer_config.json",
+                            "special_tokens_map.json", "added_tokens.json", "qformer_tokenizer/vocab.txt",
+                            "qformer_tokenizer/tokenizer_config.json", "qformer_tokenizer/special_tokens_map.json",
+                            "qformer_tokenizer/added_tokens.json"})
+        copy_file(processor_from + "/" + f, out + "/" + f);
+    }
 
     Specs specs = models::VisionModel::tensor_specs(cfg.vision_config, "vision_model.");
     for (auto& s : models::QFormer::tensor_specs(cfg.qformer_config, "qformer.")) specs.push_back(s);
     for (auto& s : models::QueryProjector::tensor_specs(cfg, "")) specs.push_back(s);
-    for (auto& s : t5_specs(cfg.t5(), "language_model.")) specs.push_back(s);
+    if (blip2) {
+      // tensor_specs lists no lm_head.weight when it is tied (transformers does not store it)
+      for (auto& s : models::OPTModel::tensor_specs(cfg.opt(), "language_model.")) specs.push_back(s);
+    } else {
+      for (auto& s : t5_specs(cfg.t5(), "language_model.")) specs.push_back(s);
+    }
     std::sort(specs.begin(), specs.end());
 
     // Shards: consecutive tensors (in name order) up to max_shard_gb each.
