@@ -35,10 +35,11 @@ TEST_P(ReducedPrecision, DeviationFromTransformersFloat32) {
   Reference ref(c.name);
   LoadOptions lo;
   lo.weights = c.format;
-  auto m = InstructBlipForConditionalGeneration::from_pretrained(ref.model_dir(), lo);
+  auto m = VisionLanguageModel::from_pretrained(ref.model_dir(), lo);  // InstructBLIP or BLIP-2
   const std::string k = "a.";
   Tensor decoder_ids = ref.tensors.contains(k + "decoder_input_ids") ? ref.get(k + "decoder_input_ids") : Tensor();
-  auto out = m.forward(ref.get(k + "pixel_values"), ref.get(k + "qformer_input_ids"), ref.get(k + "qformer_attention_mask"),
+  auto maybe = [&](const std::string& key) { return ref.tensors.contains(key) ? ref.get(key) : Tensor(); };
+  auto out = m.forward(ref.get(k + "pixel_values"), maybe(k + "qformer_input_ids"), maybe(k + "qformer_attention_mask"),
                        ref.get(k + "input_ids"), ref.get(k + "attention_mask"), decoder_ids);
   const Tensor& ref_logits = ref.get(k + "logits");
   const Tensor& ref_vision = ref.get(k + "vision.last_hidden_state");
@@ -60,7 +61,13 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"t5-tiny", ops::WeightFormat::BF16, 0.05}, Case{"t5-tiny", ops::WeightFormat::Q8_0, 0.1},
                       Case{"t5-tiny", ops::WeightFormat::Q4_0, 0.5}, Case{"llama-tiny", ops::WeightFormat::BF16, 0.05},
                       Case{"llama-tiny", ops::WeightFormat::Q8_0, 0.1},
-                      Case{"llama-tiny", ops::WeightFormat::Q4_0, 0.5}),
+                      Case{"llama-tiny", ops::WeightFormat::Q4_0, 0.5},
+                      Case{"blip2-opt-tiny", ops::WeightFormat::BF16, 0.05},
+                      Case{"blip2-opt-tiny", ops::WeightFormat::Q8_0, 0.1},
+                      Case{"blip2-opt-tiny", ops::WeightFormat::Q4_0, 0.5},
+                      Case{"blip2-t5-tiny", ops::WeightFormat::BF16, 0.05},
+                      Case{"blip2-t5-tiny", ops::WeightFormat::Q8_0, 0.1},
+                      Case{"blip2-t5-tiny", ops::WeightFormat::Q4_0, 0.5}),
     [](const auto& info) {
       std::string n = info.param.name + "_" + ops::weight_format_name(info.param.format);
       std::replace(n.begin(), n.end(), '-', '_');
