@@ -19,7 +19,7 @@ seconds="${1:-300}"
 shift || true
 harnesses=("$@")
 if [ ${#harnesses[@]} -eq 0 ]; then
-  harnesses=(safetensors checkpoint_index config image_processor_config tokenizer_config image tokenizers cli_args)
+  harnesses=(safetensors checkpoint_index config image_processor_config tokenizer_config image tokenizers bpe_files cli_args)
 fi
 jobs="${JOBS:-$(nproc)}"
 build=build-fuzz

@@ -1,6 +1,6 @@
-// libFuzzer harness: the three tokenizers on arbitrary bytes.
-// The T5 (t5-tiny), LLaMA (llama-tiny) and Q-Former BERT tokenizers are loaded once from the
-// fixture checkpoints. Each input is used whole as a prompt (tokenize / encode / encode_batch on
+// libFuzzer harness: the four tokenizers on arbitrary bytes.
+// The T5 (t5-tiny), LLaMA (llama-tiny), Q-Former BERT and OPT GPT2 (blip2-opt-tiny's byte-level
+// BPE) tokenizers are loaded once from the fixture checkpoints. Each input is used whole as a prompt (tokenize / encode / encode_batch on
 // its lines / decode of the result), and also read as a sequence of 16-bit little-endian token
 // ids (some negative or past the vocabulary) to decode. Text that is not valid UTF-8 must be
 // refused with InvalidArgument; on valid UTF-8, encoding and decoding what was encoded must not
@@ -81,6 +81,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("t5-tiny/model")));
   toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("llama-tiny/model")));
   toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("t5-tiny/model/qformer_tokenizer")));
+  toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("tokenizers/blip2-opt-tiny")));
   g_toks = &toks;
   return 0;
 }

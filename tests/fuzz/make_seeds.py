@@ -193,6 +193,13 @@ def make_tokenizer_config():
     put(d, "t5_extra_ids", tok_seed(1, json.dumps({"extra_ids": 3, "clean_up_tokenization_spaces": None,
                                                    "model_max_length": 7}).encode()))
     put(d, "nothing", bytes([0]))
+    opt = "tokenizers/blip2-opt-tiny/"
+    put(d, "opt_auto", tok_seed(0, compact(opt + "tokenizer_config.json"), compact(opt + "special_tokens_map.json")))
+    put(d, "opt_legacy", tok_seed(0, json.dumps({"tokenizer_class": "GPT2Tokenizer"}).encode(),
+                                  compact(opt + "special_tokens_map.json")))
+    put(d, "opt_settings", tok_seed(0, json.dumps({
+        "tokenizer_class": "GPT2TokenizerFast", "add_prefix_space": True, "add_bos_token": False, "errors": "ignore",
+        "padding_side": "left", "bos_token": "</s>", "pad_token": "<pad>"}).encode()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +231,28 @@ def make_tokenizers():
     put(d, "invalid_utf8_too_big.bin", b"\xf4\x90\x80\x80")
     put(d, "latin1.bin", "na\u00efve caf\u00e9".encode("latin-1"))
     put(d, "ids.bin", bytes(range(256)))
+
+
+# ---------------------------------------------------------------------------------------------
+# byte-level BPE files: vocab.json \0 merges.txt
+
+def make_bpe_files():
+    d = out_dir("bpe_files")
+    put(d, "opt_fixture", fixture("tokenizers/opt_bpe_1000-vocab.json") + b"\0" +
+        fixture("tokenizers/opt_bpe_1000-merges.txt"))
+    small = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5, "\u0120": 6, "ab": 7, "\u0120a": 8,
+             "\u0120ab": 9, "\u00c3": 10, "\u00a9": 11, "\u00c3\u00a9": 12}
+    vocab = json.dumps(small, ensure_ascii=False).encode("utf-8")
+    put(d, "small", vocab + b"\0#version: 0.2\na b\n\u0120 a\n\u0120a b\n\u00c3 \u00a9\n".decode(
+        "unicode_escape").encode("utf-8"))
+    put(d, "small_crlf_no_final_newline", vocab + "\0#version: 0.2\r\na b\r\n\r\n\u0120 a\r\n\u0120a b".encode("utf-8"))
+    put(d, "vocab_only", vocab)
+    put(d, "repeated_ids_and_keys", b'{"a": 4, "b": 4, "a": 5, "</s>": 2, "<unk>": 3}\0#v\na b\na b\nb a\n')
+    put(d, "no_unk", b'{"a": 0, "b": 1}\0#v\na b\n')
+    put(d, "bad_line", vocab + b"\0#version: 0.2\na b c\n")
+    put(d, "bad_id", b'{"a": -1, "b": 1.5, "c": "2"}\0#v\n')
+    put(d, "not_object", b'[["a", 0]]\0#v\n')
+    put(d, "empty", b"\0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +573,8 @@ TOKENIZER_KEYS = ["tokenizer_class", "T5Tokenizer", "LlamaTokenizer", "BertToken
                   "normalized", "special", "padding_side", "truncation_side", "left", "right", "model_max_length",
                   "clean_up_tokenization_spaces", "legacy", "extra_ids", "add_bos_token", "add_eos_token",
                   "do_lower_case", "do_basic_tokenize", "tokenize_chinese_chars", "strip_accents", "never_split",
+                  "GPT2Tokenizer", "GPT2TokenizerFast", "add_prefix_space", "errors", "replace", "ignore", "strict",
+                  "<|endoftext|>",
                   "<s>", "</s>", "<unk>", "<pad>", "<extra_id_0>", "[CLS]", "[SEP]", "[MASK]", "[PAD]", "[DEC]"]
 
 
@@ -567,6 +598,9 @@ def make_dicts():
                            '"--do-sample"', '"--temperature"', '"--top-k"', '"--top-p"', '"--seed"', '"--threads"',
                            '"--json"', '"--dump"', '"--quiet"', '"--help"', '"--version"', '"-m"', '"-i"', '"-p"',
                            '"-q"', '"-h"', '"inf"', '"nan"', '"1e308"', '"-0"', '"0x"', '"9223372036854775808"'])
+    dict_file("bpe_files", JSON_TOKENS + ['"\\x00"', '"#version: 0.2\\x0a"', '"\\x0a"', '"\\x0d\\x0a"',
+                                         '"\\xc4\\xa0"', '"\\xc4\\x8a"', '"\\xc3\\xa9"', '" "'],
+              ["</s>", "<unk>", "<pad>", "<s>", "a", "ab"])
     dict_file("tokenizers", ['"<s>"', '"</s>"', '"<unk>"', '"<pad>"', '"<extra_id_0>"', '"<extra_id_99>"',
                              '"[CLS]"', '"[SEP]"', '"[MASK]"', '"[PAD]"', '"[UNK]"', '"[DEC]"', '"[PAD]"',
                              '"\\xe2\\x96\\x81"', '"\\xc3\\xa9"', '"\\xcc\\x81"', '"\\xe4\\xbd\\xa0"',
@@ -580,6 +614,7 @@ if __name__ == "__main__":
     make_image_processor_config()
     make_tokenizer_config()
     make_tokenizers()
+    make_bpe_files()
     make_cli_args()
     make_image()
     make_dicts()

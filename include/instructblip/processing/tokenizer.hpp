@@ -19,10 +19,10 @@
 // applies clean_up_tokenization when asked.
 //
 // Errors: InvalidArgument for text that is not valid UTF-8 (the message gives the byte offset) and
-// for ids outside the vocabulary; IoError for a missing directory / model / vocab file; FormatError
-// for a model, vocab or JSON file that cannot be parsed (or nests arrays / objects more than 64
-// levels deep); ConfigError for a tokenizer_config.json / special_tokens_map.json /
-// added_tokens.json value of the wrong type or an unsupported setting.
+// for ids outside the vocabulary; IoError for a missing directory / model / vocab / merges file;
+// FormatError for a model, vocab, merges or JSON file that cannot be parsed (or nests arrays /
+// objects more than 64 levels deep); ConfigError for a tokenizer_config.json /
+// special_tokens_map.json / added_tokens.json value of the wrong type or an unsupported setting.
 #include <array>
 #include <cstddef>
 #include <cstdint>
