@@ -44,7 +44,7 @@ std::unique_ptr<ib::Tokenizer> load(const std::string& which) {
   const std::string d = data_dir();
   if (which == "t5") return ib::AutoTokenizer::from_pretrained(d + "/t5-tiny/model");
   if (which == "llama") return ib::AutoTokenizer::from_pretrained(d + "/llama-tiny/model");
-  if (which == "gpt2") return ib::AutoTokenizer::from_pretrained(d + "/tokenizers/blip2-opt-tiny");
+  if (which == "gpt2") return ib::AutoTokenizer::from_pretrained(d + "/blip2-opt-tiny/model");
   return ib::AutoTokenizer::from_pretrained(d + "/t5-tiny/model/qformer_tokenizer");
 }
 

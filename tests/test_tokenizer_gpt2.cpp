@@ -3,7 +3,8 @@
 //  * every string of tests/data/tokenizers/opt_bpe_ours.json: tokens, ids with and without the
 //    bos, attention masks, decodes with and without skip_special_tokens; its padded batch;
 //  * the blip2-opt-tiny checkpoint's tokenizer files through Tokenizer::from_pretrained: the same
-//    ids, the checkpoint's settings, the processor's prompt ids (blip2-opt-tiny/processor_inputs.json);
+//    ids, the checkpoint's settings (its reference.json) and the processor's prompt ids (its
+//    reference.safetensors);
 //  * errors="replace" decoding as CPython's bytes.decode;
 //  * typed errors: invalid UTF-8 text, missing / corrupted vocab.json and merges.txt, bad settings.
 #include <gtest/gtest.h>
@@ -20,6 +21,7 @@
 
 #include "instructblip/core/error.hpp"
 #include "instructblip/processing/tokenizer.hpp"
+#include "reference_util.hpp"
 
 namespace ib = instructblip;
 namespace fs = std::filesystem;
@@ -28,9 +30,12 @@ using nlohmann::json;
 namespace {
 
 const std::string kTokDir = std::string(IB_TEST_DATA_DIR) + "/tokenizers";
-const std::string kVocab = kTokDir + "/opt_bpe_1000-vocab.json";
-const std::string kMerges = kTokDir + "/opt_bpe_1000-merges.txt";
-const std::string kCheckpoint = kTokDir + "/blip2-opt-tiny";
+const std::string kFixture = std::string(IB_TEST_DATA_DIR) + "/blip2-opt-tiny";
+const std::string kCheckpoint = kFixture + "/model";
+// The fixture's opt_bpe_1000-vocab.json / -merges.txt, which the checkpoint ships byte for byte
+// (the same sha256 in the fixture index) as vocab.json / merges.txt.
+const std::string kVocab = kCheckpoint + "/vocab.json";
+const std::string kMerges = kCheckpoint + "/merges.txt";
 
 json load_json(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -163,7 +168,7 @@ TEST(GPT2Tokenizer, PaddedBatch) {
 // ---------------------------------------------------------------------------------------------
 
 TEST(GPT2Tokenizer, CheckpointFromPretrained) {
-  const json ref = load_json(kCheckpoint + "/processor_inputs.json");
+  const json ref = load_json(kFixture + "/reference.json");
   const json& d = ref["tokenizer"];
   EXPECT_EQ(ib::detect_tokenizer_class(kCheckpoint), "GPT2Tokenizer");
   auto tok = ib::AutoTokenizer::from_pretrained(kCheckpoint);
@@ -194,18 +199,18 @@ TEST(GPT2Tokenizer, CheckpointFromPretrained) {
 }
 
 TEST(GPT2Tokenizer, CheckpointProcessorPromptIds) {
-  const json ref = load_json(kCheckpoint + "/processor_inputs.json");
+  const ibtest::Reference ref("blip2-opt-tiny");
   auto tok = ib::AutoTokenizer::from_pretrained(kCheckpoint);
   int checked = 0;
   for (const std::string key : {"a", "b"}) {
     SCOPED_TRACE("input " + key);
-    const json& in = ref["inputs"][key];
+    const json& in = ref.json["inputs"][key];
     std::vector<std::string> texts;
     if (in["text"].is_string()) texts.push_back(in["text"].get<std::string>());
     else texts = in["text"].get<std::vector<std::string>>();
     const auto enc = tok->encode_batch(texts, /*padding=*/key == "b");
-    EXPECT_EQ(enc.input_ids, in["input_ids"].get<std::vector<std::vector<std::int64_t>>>());
-    EXPECT_EQ(enc.attention_mask, in["attention_mask"].get<std::vector<std::vector<std::int64_t>>>());
+    EXPECT_EQ(enc.input_ids, ibtest::rows_of(ref.get(key + ".input_ids")));
+    EXPECT_EQ(enc.attention_mask, ibtest::rows_of(ref.get(key + ".attention_mask")));
     ++checked;
   }
   EXPECT_EQ(checked, 2);

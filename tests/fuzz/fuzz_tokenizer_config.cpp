@@ -78,8 +78,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   fs::create_symlink(ibfuzz::data_path("t5-tiny/model/spiece.model"), dir.file("spiece.model"));
   fs::create_symlink(ibfuzz::data_path("llama-tiny/model/tokenizer.model"), dir.file("tokenizer.model"));
   fs::create_symlink(ibfuzz::data_path("t5-tiny/model/qformer_tokenizer/vocab.txt"), dir.file("vocab.txt"));
-  fs::create_symlink(ibfuzz::data_path("tokenizers/blip2-opt-tiny/vocab.json"), dir.file("vocab.json"));
-  fs::create_symlink(ibfuzz::data_path("tokenizers/blip2-opt-tiny/merges.txt"), dir.file("merges.txt"));
+  fs::create_symlink(ibfuzz::data_path("blip2-opt-tiny/model/vocab.json"), dir.file("vocab.json"));
+  fs::create_symlink(ibfuzz::data_path("blip2-opt-tiny/model/merges.txt"), dir.file("merges.txt"));
   return 0;
 }
 

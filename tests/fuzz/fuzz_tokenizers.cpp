@@ -81,7 +81,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("t5-tiny/model")));
   toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("llama-tiny/model")));
   toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("t5-tiny/model/qformer_tokenizer")));
-  toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("tokenizers/blip2-opt-tiny")));
+  toks.push_back(Tokenizer::from_pretrained(ibfuzz::data_path("blip2-opt-tiny/model")));
   g_toks = &toks;
   return 0;
 }

@@ -193,7 +193,7 @@ def make_tokenizer_config():
     put(d, "t5_extra_ids", tok_seed(1, json.dumps({"extra_ids": 3, "clean_up_tokenization_spaces": None,
                                                    "model_max_length": 7}).encode()))
     put(d, "nothing", bytes([0]))
-    opt = "tokenizers/blip2-opt-tiny/"
+    opt = "blip2-opt-tiny/model/"
     put(d, "opt_auto", tok_seed(0, compact(opt + "tokenizer_config.json"), compact(opt + "special_tokens_map.json")))
     put(d, "opt_legacy", tok_seed(0, json.dumps({"tokenizer_class": "GPT2Tokenizer"}).encode(),
                                   compact(opt + "special_tokens_map.json")))
@@ -238,8 +238,8 @@ def make_tokenizers():
 
 def make_bpe_files():
     d = out_dir("bpe_files")
-    put(d, "opt_fixture", fixture("tokenizers/opt_bpe_1000-vocab.json") + b"\0" +
-        fixture("tokenizers/opt_bpe_1000-merges.txt"))
+    put(d, "opt_fixture", fixture("blip2-opt-tiny/model/vocab.json") + b"\0" +
+        fixture("blip2-opt-tiny/model/merges.txt"))
     small = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5, "\u0120": 6, "ab": 7, "\u0120a": 8,
              "\u0120ab": 9, "\u00c3": 10, "\u00a9": 11, "\u00c3\u00a9": 12}
     vocab = json.dumps(small, ensure_ascii=False).encode("utf-8")
