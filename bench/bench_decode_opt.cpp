@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "instructblip/core/thread_pool.hpp"
+#include "random_weights.hpp"
 #include "instructblip/layers/weights.hpp"
 #include "instructblip/models/opt.hpp"
 
@@ -42,30 +43,7 @@ OPTConfig opt_config(std::int64_t hidden, int layers) {
   return c;
 }
 
-// Deterministic, cheap pseudo-random values in [-scale, scale) (splitmix64 of the index).
-inline float hash_uniform(std::uint64_t i, float scale) {
-  std::uint64_t z = i + 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return (float(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale;
-}
-
-Tensor random_tensor(const Shape& s, DType dt, float scale, float offset, std::uint64_t seed) {
-  Tensor t = Tensor::empty(s, dt);
-  const std::int64_t n = t.numel();
-  void* p = t.raw_mut();
-  parallel_for(0, n, 1 << 20, [&](std::int64_t a, std::int64_t b) {
-    for (std::int64_t i = a; i < b; ++i) {
-      const float v = offset + hash_uniform(seed * 0x100000000ull + std::uint64_t(i), scale);
-      if (dt == DType::F32)
-        static_cast<float*>(p)[i] = v;
-      else
-        static_cast<std::uint16_t*>(p)[i] = f32_to_bf16(v);
-    }
-  });
-  return t;
-}
+using ibbench::random_tensor;
 
 // Bytes per weight of a stored matrix (q8_0: 32 int8 + an f16 scale; q4_0: 32 nibbles + an f16 scale).
 double bytes_per_weight(ops::WeightFormat f) {

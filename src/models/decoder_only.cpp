@@ -64,6 +64,47 @@ Tensor DecoderOnlyState::attention_mask() const {
   return t;
 }
 
+// ---------------------------------------------------------------------------------------------
+// DecoderOnlyModel
+
+DecoderOnlyModel::DecoderOnlyModel(std::unique_ptr<detail::DecoderOnlyCore> core) : core_(std::move(core)) {}
+DecoderOnlyModel::~DecoderOnlyModel() = default;
+std::int64_t DecoderOnlyModel::vocab_size() const { return core_->V; }
+std::int64_t DecoderOnlyModel::hidden_size() const { return core_->H; }
+Tensor DecoderOnlyModel::embed(const Tensor& input_ids) const { return core_->embed_ids(input_ids); }
+LMOutput DecoderOnlyModel::forward(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                   const Tensor& /*decoder_input_ids*/, const Tensor& labels,
+                                   bool output_hidden_states) const {
+  return core_->forward(inputs_embeds, attention_mask, labels, output_hidden_states);
+}
+std::unique_ptr<LMState> DecoderOnlyModel::start(const Tensor& inputs_embeds, const Tensor& attention_mask,
+                                                 std::int64_t max_new_tokens) const {
+  return core_->start(inputs_embeds, attention_mask, max_new_tokens);
+}
+Tensor DecoderOnlyModel::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
+  return std::move(core_->step_batch({&state}, {tokens}).front());
+}
+std::vector<Tensor> DecoderOnlyModel::step_batch(const std::vector<LMState*>& states,
+                                                 const std::vector<std::vector<std::int64_t>>& tokens) const {
+  return core_->step_batch(states, tokens);
+}
+void DecoderOnlyModel::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {
+  core_->select_rows(state, index);
+}
+std::vector<std::pair<std::string, Tensor>> DecoderOnlyModel::named_weights(const std::string& prefix) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  const_cast<detail::DecoderOnlyCore&>(*core_).visit(WeightVisitor::saver(out), prefix);  // only reads the slots
+  return out;
+}
+const std::vector<std::string>& DecoderOnlyModel::bound_tensor_names() const { return core_->bound; }
+std::vector<std::pair<std::string, std::string>> DecoderOnlyModel::tied_aliases(const std::string& prefix) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  const_cast<detail::DecoderOnlyCore&>(*core_).visit(WeightVisitor::alias_lister(out), prefix);  // touches no slot
+  return out;
+}
+std::size_t DecoderOnlyModel::decode_weight_bytes() const { return core_->decode_weight_bytes(); }
+std::size_t DecoderOnlyModel::lm_head_weight_bytes() const { return core_->lm_head.w.bytes(); }
+
 namespace detail {
 
 void dense(const Linear& d, const float* x, std::int64_t M, float* y) {

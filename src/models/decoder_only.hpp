@@ -73,6 +73,9 @@ class DecoderOnlyCore {
   virtual void final_norm(const float* h, std::int64_t rows, float* out) const = 0;
   /// Bytes of the weight matrices one decode step streams (every layer's projections + lm_head).
   virtual std::size_t decode_weight_bytes() const = 0;
+  /// The model's tensor table: every weight (HF name with `prefix`, shape, slot, role) in binding
+  /// order, and the tied lm_head alias. Listing and aliasing visitors touch no slot.
+  virtual void visit(const WeightVisitor& v, const std::string& prefix) = 0;
 
   // ---- shared
   void embed_rows(const std::int64_t* ids, std::int64_t n, float* out) const;

@@ -39,7 +39,7 @@ struct LlamaModel::Impl : detail::DecoderOnlyCore {
   void configure();
   /// The tensor table: every weight (HF name with `prefix`, shape, slot, role) in binding order,
   /// and the tied lm_head alias.
-  void visit(const WeightVisitor& v, const std::string& prefix);
+  void visit(const WeightVisitor& v, const std::string& prefix) override;
 
   // DecoderOnlyCore: positions are arange(L) in forward(), RoPE inside attention.
   std::size_t num_layers() const override { return layers.size(); }
@@ -150,52 +150,41 @@ void LlamaModel::Impl::visit(const WeightVisitor& v, const std::string& prefix) 
   }
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix,
-                       const LlamaOptions& options) {
-  auto impl = std::make_unique<Impl>();
-  impl->cfg = config;
-  impl->opt = options;
-  impl->load(WeightSource::from_checkpoint(checkpoint), prefix);
-  impl_ = std::move(impl);
-}
-
-LlamaModel::LlamaModel(const LlamaConfig& config, const std::map<std::string, Tensor>& weights,
-                       const std::string& prefix, const LlamaOptions& options) {
-  auto impl = std::make_unique<Impl>();
-  impl->cfg = config;
-  impl->opt = options;
-  impl->load(WeightSource(
-                 [&](const std::string& n) {
-                   auto it = weights.find(n);
-                   return it == weights.end() ? Tensor() : it->second;
-                 },
-                 "the weight map"),
-             prefix);
-  impl_ = std::move(impl);
-}
-
-LlamaModel::LlamaModel(const LlamaConfig& config, const WeightSource& source, const std::string& prefix,
-                       const LlamaOptions& options) {
-  auto impl = std::make_unique<Impl>();
+namespace {
+std::unique_ptr<LlamaModel::Impl> make_llama(const LlamaConfig& config, const WeightSource& source,
+                                             const std::string& prefix, const LlamaOptions& options) {
+  auto impl = std::make_unique<LlamaModel::Impl>();
   impl->cfg = config;
   impl->opt = options;
   impl->load(source, prefix);
-  impl_ = std::move(impl);
+  return impl;
 }
+}  // namespace
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const io::Checkpoint& checkpoint, const std::string& prefix,
+                       const LlamaOptions& options)
+    : DecoderOnlyModel(make_llama(config, WeightSource::from_checkpoint(checkpoint), prefix, options)) {}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const std::map<std::string, Tensor>& weights,
+                       const std::string& prefix, const LlamaOptions& options)
+    : DecoderOnlyModel(make_llama(config,
+                                  WeightSource(
+                                      [&](const std::string& n) {
+                                        auto it = weights.find(n);
+                                        return it == weights.end() ? Tensor() : it->second;
+                                      },
+                                      "the weight map"),
+                                  prefix, options)) {}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, const WeightSource& source, const std::string& prefix,
+                       const LlamaOptions& options)
+    : DecoderOnlyModel(make_llama(config, source, prefix, options)) {}
 
 LlamaModel::~LlamaModel() = default;
 
-const LlamaConfig& LlamaModel::config() const { return impl_->cfg; }
-const LlamaOptions& LlamaModel::options() const { return impl_->opt; }
-const std::vector<std::string>& LlamaModel::bound_tensor_names() const { return impl_->bound; }
-std::int64_t LlamaModel::vocab_size() const { return impl_->V; }
-std::int64_t LlamaModel::hidden_size() const { return impl_->H; }
-
-std::vector<std::pair<std::string, Tensor>> LlamaModel::named_weights(const std::string& prefix) const {
-  std::vector<std::pair<std::string, Tensor>> out;
-  const_cast<Impl&>(*impl_).visit(WeightVisitor::saver(out), prefix);  // the saver only reads the slots
-  return out;
-}
+const LlamaModel::Impl& LlamaModel::impl() const { return static_cast<const Impl&>(core()); }
+const LlamaConfig& LlamaModel::config() const { return impl().cfg; }
+const LlamaOptions& LlamaModel::options() const { return impl().opt; }
 
 std::vector<std::pair<std::string, Shape>> LlamaModel::tensor_specs(const LlamaConfig& config,
                                                                     const std::string& prefix) {
@@ -205,45 +194,6 @@ std::vector<std::pair<std::string, Shape>> LlamaModel::tensor_specs(const LlamaC
   std::vector<std::pair<std::string, Shape>> specs;
   probe.visit(WeightVisitor::lister(specs), prefix);
   return specs;
-}
-
-std::vector<std::pair<std::string, std::string>> LlamaModel::tied_aliases(const std::string& prefix) const {
-  std::vector<std::pair<std::string, std::string>> out;
-  const_cast<Impl&>(*impl_).visit(WeightVisitor::alias_lister(out), prefix);  // touches no slot
-  return out;
-}
-
-std::size_t LlamaModel::lm_head_weight_bytes() const { return impl_->lm_head.w.bytes(); }
-
-std::size_t LlamaModel::decode_weight_bytes() const { return impl_->decode_weight_bytes(); }
-
-// ---------------------------------------------------------------------------------------------
-// Compute (shared with OPT: decoder_only.cpp)
-
-Tensor LlamaModel::embed(const Tensor& input_ids) const { return impl_->embed_ids(input_ids); }
-
-LMOutput LlamaModel::forward(const Tensor& inputs_embeds, const Tensor& attention_mask,
-                             const Tensor& /*decoder_input_ids*/, const Tensor& labels,
-                             bool output_hidden_states) const {
-  return impl_->forward(inputs_embeds, attention_mask, labels, output_hidden_states);
-}
-
-std::unique_ptr<LMState> LlamaModel::start(const Tensor& inputs_embeds, const Tensor& attention_mask,
-                                           std::int64_t max_new_tokens) const {
-  return impl_->start(inputs_embeds, attention_mask, max_new_tokens);
-}
-
-Tensor LlamaModel::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
-  return std::move(impl_->step_batch({&state}, {tokens}).front());
-}
-
-std::vector<Tensor> LlamaModel::step_batch(const std::vector<LMState*>& states,
-                                           const std::vector<std::vector<std::int64_t>>& tokens) const {
-  return impl_->step_batch(states, tokens);
-}
-
-void LlamaModel::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {
-  impl_->select_rows(state, index);
 }
 
 }  // namespace instructblip::models

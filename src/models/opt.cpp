@@ -64,7 +64,7 @@ struct OPTModel::Impl : detail::DecoderOnlyCore {
     }
   }
 
-  void visit(const WeightVisitor& v, const std::string& prefix) {
+  void visit(const WeightVisitor& v, const std::string& prefix) override {
     const std::string d = prefix + "model.decoder.";
     const bool bias = cfg.enable_bias;
     v.tensor(d + "embed_tokens.weight", {V, H}, embed);
@@ -176,28 +176,25 @@ struct OPTModel::Impl : detail::DecoderOnlyCore {
   }
 };
 
-OPTModel::OPTModel(const OPTConfig& config, const WeightSource& source, const std::string& prefix,
-                   const WeightPolicy& policy) {
-  auto impl = std::make_unique<Impl>();
+namespace {
+std::unique_ptr<OPTModel::Impl> make_opt(const OPTConfig& config, const WeightSource& source, const std::string& prefix,
+                                         const WeightPolicy& policy) {
+  auto impl = std::make_unique<OPTModel::Impl>();
   impl->cfg = config;
   impl->policy = policy;
   impl->load(source, prefix);
-  impl_ = std::move(impl);
+  return impl;
 }
+}  // namespace
+
+OPTModel::OPTModel(const OPTConfig& config, const WeightSource& source, const std::string& prefix,
+                   const WeightPolicy& policy)
+    : DecoderOnlyModel(make_opt(config, source, prefix, policy)) {}
 
 OPTModel::~OPTModel() = default;
 
-const OPTConfig& OPTModel::config() const { return impl_->cfg; }
-const std::vector<std::string>& OPTModel::bound_tensor_names() const { return impl_->bound; }
-std::int64_t OPTModel::vocab_size() const { return impl_->V; }
-std::int64_t OPTModel::hidden_size() const { return impl_->H; }
-std::size_t OPTModel::decode_weight_bytes() const { return impl_->decode_weight_bytes(); }
-
-std::vector<std::pair<std::string, Tensor>> OPTModel::named_weights(const std::string& prefix) const {
-  std::vector<std::pair<std::string, Tensor>> out;
-  const_cast<Impl&>(*impl_).visit(WeightVisitor::saver(out), prefix);  // the saver only reads the slots
-  return out;
-}
+const OPTModel::Impl& OPTModel::impl() const { return static_cast<const Impl&>(core()); }
+const OPTConfig& OPTModel::config() const { return impl().cfg; }
 
 std::vector<std::pair<std::string, Shape>> OPTModel::tensor_specs(const OPTConfig& config, const std::string& prefix) {
   Impl probe;
@@ -206,38 +203,6 @@ std::vector<std::pair<std::string, Shape>> OPTModel::tensor_specs(const OPTConfi
   std::vector<std::pair<std::string, Shape>> specs;
   probe.visit(WeightVisitor::lister(specs), prefix);
   return specs;
-}
-
-std::vector<std::pair<std::string, std::string>> OPTModel::tied_aliases(const std::string& prefix) const {
-  std::vector<std::pair<std::string, std::string>> out;
-  const_cast<Impl&>(*impl_).visit(WeightVisitor::alias_lister(out), prefix);  // touches no slot
-  return out;
-}
-
-Tensor OPTModel::embed(const Tensor& input_ids) const { return impl_->embed_ids(input_ids); }
-
-LMOutput OPTModel::forward(const Tensor& inputs_embeds, const Tensor& attention_mask,
-                           const Tensor& /*decoder_input_ids*/, const Tensor& labels,
-                           bool output_hidden_states) const {
-  return impl_->forward(inputs_embeds, attention_mask, labels, output_hidden_states);
-}
-
-std::unique_ptr<LMState> OPTModel::start(const Tensor& inputs_embeds, const Tensor& attention_mask,
-                                         std::int64_t max_new_tokens) const {
-  return impl_->start(inputs_embeds, attention_mask, max_new_tokens);
-}
-
-Tensor OPTModel::step(LMState& state, const std::vector<std::int64_t>& tokens) const {
-  return std::move(impl_->step_batch({&state}, {tokens}).front());
-}
-
-std::vector<Tensor> OPTModel::step_batch(const std::vector<LMState*>& states,
-                                         const std::vector<std::vector<std::int64_t>>& tokens) const {
-  return impl_->step_batch(states, tokens);
-}
-
-void OPTModel::select_rows(LMState& state, const std::vector<std::int64_t>& index) const {
-  impl_->select_rows(state, index);
 }
 
 }  // namespace instructblip::models

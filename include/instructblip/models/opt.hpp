@@ -26,7 +26,7 @@
 
 namespace instructblip::models {
 
-class OPTModel : public LanguageModel {
+class OPTModel : public DecoderOnlyModel {
  public:
   /// Loads `<prefix>model.decoder.embed_tokens.weight`, `...embed_positions.weight`
   /// ([max_position_embeddings + 2, hidden]), `...layers.N.…`, `...final_layer_norm.*` and
@@ -40,41 +40,16 @@ class OPTModel : public LanguageModel {
   OPTModel& operator=(const OPTModel&) = delete;
 
   const OPTConfig& config() const;
-  std::vector<std::pair<std::string, Tensor>> named_weights(
-      const std::string& prefix = "language_model.") const override;
-  const std::vector<std::string>& bound_tensor_names() const override;
   /// The HF name (with `prefix`) and shape of every tensor the constructor binds, in binding order.
   static std::vector<std::pair<std::string, Shape>> tensor_specs(const OPTConfig& config,
                                                                  const std::string& prefix = "language_model.");
-  std::vector<std::pair<std::string, std::string>> tied_aliases(
-      const std::string& prefix = "language_model.") const override;
-  /// Bytes of the weight matrices one decode step streams (every layer's projections plus the head).
-  std::size_t decode_weight_bytes() const;
-
-  // LanguageModel
-  std::int64_t vocab_size() const override;
-  std::int64_t hidden_size() const override;
-  bool is_encoder_decoder() const override { return false; }
-  Tensor embed(const Tensor& input_ids) const override;
-  /// Teacher-forced forward; positions from the mask (pads: row 1). With labels [B, L'] the logits
-  /// of the last L' positions and loss = mean CE(logits[:, :-1], labels[:, 1:]) over labels != -100.
-  /// output_hidden_states: num_hidden_layers + 1 tensors [B, L, H] — embeddings + positions, each
-  /// layer's output except the last, and the last layer's output after the final LayerNorm.
-  LMOutput forward(const Tensor& inputs_embeds, const Tensor& attention_mask,
-                   const Tensor& decoder_input_ids = Tensor(), const Tensor& labels = Tensor(),
-                   bool output_hidden_states = false) const override;
-  std::unique_ptr<LMState> start(const Tensor& inputs_embeds, const Tensor& attention_mask,
-                                 std::int64_t max_new_tokens) const override;
-  /// As LlamaModel::step: the first call runs the prompt, later calls feed one token per row.
-  Tensor step(LMState& state, const std::vector<std::int64_t>& tokens) const override;
-  std::vector<Tensor> step_batch(const std::vector<LMState*>& states,
-                                 const std::vector<std::vector<std::int64_t>>& tokens) const override;
-  void select_rows(LMState& state, const std::vector<std::int64_t>& index) const override;
+  // forward() (positions from the mask, pads at row 1), start(), step() (as LlamaModel: the first
+  // call runs the prompt), step_batch(), select_rows(), the weight listing: DecoderOnlyModel.
 
   struct Impl;
 
  private:
-  std::unique_ptr<const Impl> impl_;
+  const Impl& impl() const;
 };
 
 }  // namespace instructblip::models
