@@ -223,6 +223,38 @@ TEST(Blip2, FamiliesAreTold) {
   EXPECT_THROW(any.generate(ref.get("a.pixel_values"), ids, Tensor(), Tensor(), Tensor(), g), InvalidArgument);
 }
 
+// OPT's learned positions end at max_position_embeddings (128 in the fixture): settings that could
+// run past them are refused before anything runs; those that fit run to the last position.
+TEST(Blip2, OptGenerationMustFitThePositionTable) {
+  Reference ref("blip2-opt-tiny");
+  const auto& m = model("blip2-opt-tiny");
+  const Tensor ids = ref.get("a.input_ids");  // 12 tokens after 8 queries: 20 positions
+  GenerationConfig g = m.generation_config();
+  g.max_new_tokens = 109;  // 20 + 110 - 1 = 129 positions
+  try {
+    m.generate(ref.get("a.pixel_values"), ids, Tensor(), g);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("max_position_embeddings 128"), std::string::npos) << e.what();
+  }
+  g.max_new_tokens = 108;  // 128 positions: the whole table
+  g.min_new_tokens = 108;
+  const auto out = m.generate(ref.get("a.pixel_values"), ids, Tensor(), g);
+  EXPECT_EQ(out.sequences[0].size(), 109u);
+  // through the batching engine: an error result (the prompt's length is known once it is encoded)
+  const auto p = VisionLanguageProcessor::from_pretrained(ref.model_dir());
+  BatchEngine engine(m, p);
+  EngineRequest r;
+  r.image_path = ref.image_paths("a")[0];
+  r.prompt = ref.texts("a")[0];
+  GenerationConfig too_long = g;
+  too_long.max_new_tokens = 109;
+  r.generation = too_long;
+  const EngineResult res = engine.submit(std::move(r)).result.get();
+  EXPECT_FALSE(res.ok());
+  EXPECT_NE(res.error.find("max_position_embeddings 128"), std::string::npos) << res.error;
+}
+
 TEST(Blip2, OptWithProjectInOutIsRefused) {
   OPTConfig c;
   c.hidden_size = 32;

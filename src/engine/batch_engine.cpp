@@ -167,6 +167,7 @@ struct BatchEngine::Impl {
     job.prompt_tokens = model.config().num_query_tokens + job.inputs.input_ids.dim(1);
     generation::check_generation_size(job.cfg, 1, job.prompt_tokens, model.language_model().vocab_size(),
                                       model.limits());
+    generation::check_model_positions(model.language_model(), job.cfg, job.prompt_tokens);
     job.preprocess_ms = ms_between(t0, Clock::now());
   }
 

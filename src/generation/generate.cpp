@@ -504,12 +504,25 @@ GenerateOutput generate(const models::LanguageModel& lm, const Tensor& inputs_em
   const std::int64_t B = inputs_embeds.dim(0);
   // Resource limits, before anything is allocated.
   check_generation_size(cfg, B, inputs_embeds.dim(1), lm.vocab_size(), limits);
+  check_model_positions(lm, cfg, inputs_embeds.dim(1));
   Search search(lm, lm.start(inputs_embeds, attention_mask, initial_cache_tokens(cfg)), B, cfg, hooks);
   for (;;) {
     if (hooks.abort && hooks.abort->load()) return search.finish(/*aborted=*/true);
     if (search.advance(lm.step(search.state(), search.next_inputs()))) break;
   }
   return search.finish();
+}
+
+void check_model_positions(const models::LanguageModel& lm, const GenerationConfig& resolved,
+                           std::int64_t prompt_length) {
+  const auto max = lm.max_positions();
+  if (!max || lm.is_encoder_decoder()) return;
+  const std::int64_t needed = add_sat(prompt_length, resolved.max_length - 1);
+  if (needed > *max)
+    throw InvalidArgument("generate: the prompt's " + std::to_string(prompt_length) + " positions + max_length " +
+                          std::to_string(resolved.max_length) + " - 1 need " + std::to_string(needed) +
+                          " positions, more than the language model has (max_position_embeddings " +
+                          std::to_string(*max) + "); lower max_new_tokens / max_length");
 }
 
 std::int64_t initial_cache_tokens(const GenerationConfig& resolved) {

@@ -70,6 +70,7 @@ class TracingLM final : public models::LanguageModel {
   std::int64_t vocab_size() const override { return lm_.vocab_size(); }
   std::int64_t hidden_size() const override { return lm_.hidden_size(); }
   bool is_encoder_decoder() const override { return lm_.is_encoder_decoder(); }
+  std::optional<std::int64_t> max_positions() const override { return lm_.max_positions(); }
   Tensor embed(const Tensor& ids) const override { return lm_.embed(ids); }
   models::LMOutput forward(const Tensor& e, const Tensor& m, const Tensor& d, const Tensor& l, bool h) const override {
     return lm_.forward(e, m, d, l, h);
@@ -438,6 +439,7 @@ generation::GenerateOutput VisionLanguageModel::generate(
       impl_->check_prompt_length(T);
       generation::check_generation_size(resolved, pixel_values.dim(0), impl_->config.num_query_tokens + T,
                                         impl_->lm->vocab_size(), impl_->limits);
+      generation::check_model_positions(*impl_->lm, resolved, impl_->config.num_query_tokens + T);
     }
   }
   GenerateTrace local;

@@ -195,6 +195,7 @@ OPTModel::~OPTModel() = default;
 
 const OPTModel::Impl& OPTModel::impl() const { return static_cast<const Impl&>(core()); }
 const OPTConfig& OPTModel::config() const { return impl().cfg; }
+std::optional<std::int64_t> OPTModel::max_positions() const { return impl().cfg.max_position_embeddings; }
 
 std::vector<std::pair<std::string, Shape>> OPTModel::tensor_specs(const OPTConfig& config, const std::string& prefix) {
   Impl probe;

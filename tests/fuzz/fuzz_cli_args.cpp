@@ -1,6 +1,7 @@
 // libFuzzer harness: instructblip-generate's command-line parser (examples/cli_args.cpp).
 // Input: the arguments after argv[0], separated by NUL bytes. parse_args may only throw
-// cli::UsageError; an accepted command line must be consistent (model, images, prompts).
+// cli::UsageError; an accepted command line must be consistent (model, images, and none, one or one
+// prompt per image: a BLIP-2 checkpoint captions without a prompt).
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -30,8 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const cli::Options o = cli::parse_args(int(args.size()), argv.data());
     if (!o.help && !o.version) {
-      IB_FUZZ_CHECK(!o.model_dir.empty() && !o.images.empty() && !o.prompts.empty(), "incomplete command line accepted");
-      IB_FUZZ_CHECK(o.prompts.size() == 1 || o.prompts.size() == o.images.size(), "prompt / image counts");
+      IB_FUZZ_CHECK(!o.model_dir.empty() && !o.images.empty(), "incomplete command line accepted");
+      IB_FUZZ_CHECK(o.prompts.size() <= 1 || o.prompts.size() == o.images.size(), "prompt / image counts");
     }
     (void)cli::usage(args[0]);
   } catch (const cli::UsageError&) {

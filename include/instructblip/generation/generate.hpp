@@ -62,6 +62,12 @@ GenerationConfig resolve_generation_config(const GenerationConfig& cfg, bool is_
 /// forced_eos_token_id is not below `vocab_size`.
 void check_generation_size(const GenerationConfig& resolved, std::int64_t batch, std::int64_t prompt_length,
                            std::int64_t vocab_size, const GenerationLimits& limits = {});
+/// For a language model with a fixed number of positions (LanguageModel::max_positions(): OPT),
+/// InvalidArgument before anything runs when prompt_length + max_length - 1 positions (the prompt
+/// and every token the settings allow) do not fit: transformers would fail with an index error
+/// once generation got there.
+void check_model_positions(const models::LanguageModel& lm, const GenerationConfig& resolved,
+                           std::int64_t prompt_length);
 
 /// One generate() call advanced one step at a time by its caller, for schedulers that run many
 /// generations together (BatchEngine): the caller runs the language model, the Search does

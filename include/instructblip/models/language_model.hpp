@@ -41,6 +41,10 @@ class LanguageModel {
   /// Width of the input embeddings (d_model / hidden_size).
   virtual std::int64_t hidden_size() const = 0;
   virtual bool is_encoder_decoder() const = 0;
+  /// Positions a decoder-only model can hold (prompt + generated tokens) when its architecture
+  /// fixes them (OPT's learned position table: max_position_embeddings); none for rotary or
+  /// relative positions.
+  virtual std::optional<std::int64_t> max_positions() const { return std::nullopt; }
 
   /// Token embeddings: ids [B, L] (int64) -> [B, L, hidden] float32. Out-of-range ids throw
   /// InvalidArgument.

@@ -14,6 +14,7 @@
 // model may serve several threads at once.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,8 @@ class OPTModel : public DecoderOnlyModel {
   OPTModel& operator=(const OPTModel&) = delete;
 
   const OPTConfig& config() const;
+  /// max_position_embeddings: generate() refuses settings that could run past it.
+  std::optional<std::int64_t> max_positions() const override;
   /// The HF name (with `prefix`) and shape of every tensor the constructor binds, in binding order.
   static std::vector<std::pair<std::string, Shape>> tensor_specs(const OPTConfig& config,
                                                                  const std::string& prefix = "language_model.");
