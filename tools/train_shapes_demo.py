@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Trains models/shapes-demo/: a tiny InstructBLIP (Flan-T5 style language model) that answers four questions
+about the synthetic coloured-shapes images of tools/shapes/shapes_data.py, and evaluates it.
+
+    # train (1 CPU thread; about an hour on the 2-core AMD EPYC), starting from the partly trained fixture
+    nice -n 19 /usr/bin/python3 tools/train_shapes_demo.py train --init tests/data/shapes-demo/model \
+        --out models/shapes-demo --seed 16 > train.log 2>&1
+    # evaluate on fresh images (seeds training never draws), greedy and beam 3, per question type;
+    # writes the images and the answers for the comparison with the C++ CLI (tools/shapes/compare_cli.py)
+    /usr/bin/python3 tools/train_shapes_demo.py eval --model models/shapes-demo --n 100 --dir /tmp/shapes-eval
+
+Tooling only (the library and the tests never run Python): Debian's python3-torch, python3-numpy, python3-pil,
+python3-sentencepiece. The model code is tools/shapes/instructblip_t5.py (transformers' tensor names and
+4.36.2 semantics; tools/shapes/check_fixture.py shows it reproduces transformers' greedy and beam-3 ids on the
+fixture checkpoint).
+
+Training (all images through the real pipeline: 224x224 render, JPEG round trip for half of them at quality
+50-95, BlipImageProcessor resize to 112): the whole model, from the fixture's weights, on
+  * the language-model loss on the answers to the four question types (a random paraphrase each, the canonical
+    question half of the time),
+  * auxiliary heads that are not saved: per patch token the shape coverage of its cell, the shape's colour
+    (weighted by coverage), the background colour (weighted by 1 - coverage) and the shape (weighted by
+    coverage); per image (attention pooling over the vision tokens) shape, shape colour and background colour.
+    The per-token colour targets are what teach the patch filters colour without losing the shape
+    (the fixture's filters were trained luminance-only first and kept almost no flat colour).
+Small shapes are oversampled (40% of the scenes draw the radius from 20-36 px instead of 20-80 px), 30% of the
+scenes touch a border. Each rendered scene is used twice per step: as drawn and flipped (horizontally or
+vertically, on the preprocessed pixels, flipping the coverage targets too).
+
+The training process writes its PID to --pid-file (it may be paused with SIGSTOP and resumed with SIGCONT; the
+schedule counts steps, not time).
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "shapes"))
+import instructblip_t5 as ib  # noqa: E402
+import shapes_data as sd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = os.path.normpath(os.path.join(HERE, ".."))
+TRAIN_SEED_NOTE = "training scenes come from one RandomState(--seed) stream"
+VAL_SEED_BASE = 10_000_000  # validation during training: RandomState(VAL_SEED_BASE + i)
+EVAL_SEED_BASE = 20_000_000  # evaluation: RandomState(EVAL_SEED_BASE + i)
+TEST_SEED_BASE = 30_000_000  # the C++ test set (tests/data/shapes-demo-trained)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+def eval_scene(rng):
+    """The generator's full distribution as evaluated: radius 20-80 px, 25% at a border, half of the images
+    JPEG at quality 50-95. Returns (params, the rendered PIL image, JPEG quality or None for PNG)."""
+    p = sd.sample_params(rng, r_range=(20.0, 80.0), border=bool(rng.rand() < 0.25))
+    img = sd.render(p)
+    q = int(rng.randint(50, 96)) if rng.rand() < 0.5 else None
+    return p, img, q
+
+
+def train_scene(rng, size):
+    small = rng.rand() < 0.4
+    p = sd.sample_params(rng, r_range=(20.0, 36.0) if small else (20.0, 80.0), border=bool(rng.rand() < 0.3))
+    img, cov = sd.render(p, return_coverage=size // 14)
+    if rng.rand() < 0.5:
+        img = sd.jpeg_roundtrip(img, int(rng.randint(50, 96)))
+    return p, ib.preprocess(img, size), cov.astype(np.float32)
+
+
+class Vocab:
+    def __init__(self, model_dir):
+        self.t5 = ib.T5Tok(model_dir)
+        self.bert = ib.BertTok(os.path.join(model_dir, "qformer_tokenizer", "vocab.txt"))
+        self.cache = {}
+
+    def t5ids(self, s):
+        if ("t", s) not in self.cache:
+            self.cache[("t", s)] = self.t5.encode(s)
+        return self.cache[("t", s)]
+
+    def qids(self, s):
+        if ("q", s) not in self.cache:
+            self.cache[("q", s)] = self.bert.encode(s)
+        return self.cache[("q", s)]
+
+
+def pad(rows, value):
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), value, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+SHAPE_I = {s: i for i, s in enumerate(sd.SHAPES)}
+COLOR_I = {c: i for i, c in enumerate(sd.COLOR_NAMES)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# auxiliary heads (training only, not saved)
+# ---------------------------------------------------------------------------------------------------------------
+class AuxHeads(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.tok = nn.Linear(d, 1 + 8 + 8 + 4)
+        self.pool = nn.Linear(d, 3)  # one attention-pooling score per target
+        self.shape = nn.Linear(d, 4)
+        self.color = nn.Linear(d, 8)
+        self.bg = nn.Linear(d, 8)
+
+    def forward(self, feats, shape_t, color_t, bg_t, cov):
+        """feats (B, 1+P, D) vision output; cov (B, P) coverage of the patch cells."""
+        tokens = feats[:, 1:]
+        t = self.tok(tokens)
+        cov_logit, fg, bgc, shp = t[..., 0], t[..., 1:9], t[..., 9:17], t[..., 17:21]
+        l_cov = F.binary_cross_entropy_with_logits(cov_logit, cov)
+        B, P = cov.shape
+
+        def weighted_ce(logits, target, w):
+            ce = F.cross_entropy(logits.reshape(B * P, -1), target[:, None].expand(B, P).reshape(-1), reduction="none")
+            w = w.reshape(-1)
+            return (ce * w).sum() / w.sum().clamp_min(1e-6)
+
+        l_tok = (weighted_ce(fg, color_t, cov) + weighted_ce(bgc, bg_t, 1 - cov) + weighted_ce(shp, shape_t, cov))
+        a = self.pool(feats).softmax(1)  # B, N, 3
+        pooled = torch.einsum("bnk,bnd->bkd", a, feats)
+        ls = self.shape(pooled[:, 0])
+        lc = self.color(pooled[:, 1])
+        lb = self.bg(pooled[:, 2])
+        l_glob = F.cross_entropy(ls, shape_t) + F.cross_entropy(lc, color_t) + F.cross_entropy(lb, bg_t)
+        acc = [(ls.argmax(-1) == shape_t).float().mean().item(), (lc.argmax(-1) == color_t).float().mean().item(),
+               (lb.argmax(-1) == bg_t).float().mean().item()]
+        return l_glob + 0.5 * (l_tok + l_cov), acc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation helpers
+# ---------------------------------------------------------------------------------------------------------------
+def answer_all(model, vocab, px, beams=(1,)):
+    out = {}
+    for qt in sd.QTYPES:
+        q = sd.CANONICAL[qt]
+        for nb in beams:
+            if nb == 1:
+                ids = model.greedy(px, vocab.qids(q), vocab.t5ids(q))
+            else:
+                ids, _ = model.beam_search(px, vocab.qids(q), vocab.t5ids(q), num_beams=nb)
+            out[(qt, nb)] = (ids, vocab.t5.decode(ids))
+    return out
+
+
+def quick_val(model, vocab, n, size):
+    correct = {qt: 0 for qt in sd.QTYPES}
+    for i in range(n):
+        p, img, q = eval_scene(np.random.RandomState(VAL_SEED_BASE + i))
+        if q is not None:
+            img = sd.jpeg_roundtrip(img, q)
+        px = torch.from_numpy(ib.preprocess(img, size))
+        ans = answer_all(model, vocab, px)
+        for qt in sd.QTYPES:
+            correct[qt] += ans[(qt, 1)][1] == sd.answer(qt, p["shape"], p["color"], p["bg"])
+    return {qt: correct[qt] / n for qt in sd.QTYPES}
+
+
+MODEL_FILES = ["added_tokens.json", "preprocessor_config.json", "special_tokens_map.json", "spiece.model",
+               "tokenizer_config.json", "generation_config.json"]
+
+
+def save_model(model, init_dir, out_dir):
+    os.makedirs(os.path.join(out_dir, "qformer_tokenizer"), exist_ok=True)
+    for f in MODEL_FILES:
+        shutil.copyfile(os.path.join(init_dir, f), os.path.join(out_dir, f))
+    for f in os.listdir(os.path.join(init_dir, "qformer_tokenizer")):
+        shutil.copyfile(os.path.join(init_dir, "qformer_tokenizer", f), os.path.join(out_dir, "qformer_tokenizer", f))
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(model.config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    ib.save_safetensors(ib.state_for_save(model), os.path.join(out_dir, "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------------
+def train(args):
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    rng = np.random.RandomState(args.seed)
+    if args.pid_file:
+        with open(args.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    model = ib.load_model(args.init)
+    model.train()
+    size = model.config["vision_config"]["image_size"]
+    vocab = Vocab(args.init)
+    aux = AuxHeads(model.config["vision_config"]["hidden_size"])
+    params = list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]
+    decay = [p for n, p in params if p.dim() >= 2 and "embedding" not in n and "query_tokens" not in n]
+    no_decay = [p for n, p in params if not (p.dim() >= 2 and "embedding" not in n and "query_tokens" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    warm = 200
+
+    def lr_at(step):
+        if step < warm:
+            return args.lr * (step + 1) / warm
+        t = (step - warm) / max(1, args.steps - warm)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    grid = size // 14
+    t_start = time.time()
+    # The auxiliary heads start random: fit them on the frozen vision features first (their first gradients
+    # would otherwise scramble the trained vision weights).
+    head_opt = torch.optim.AdamW(aux.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.0)
+    accs = []
+    for step in range(args.head_steps):
+        batch = [train_scene(rng, size) for _ in range(args.scenes)]
+        with torch.no_grad():
+            feats = model.image_features(torch.from_numpy(np.stack([b[1] for b in batch])))
+        l_aux, acc = aux(feats, torch.tensor([SHAPE_I[b[0]["shape"]] for b in batch]),
+                         torch.tensor([COLOR_I[b[0]["color"]] for b in batch]),
+                         torch.tensor([COLOR_I[b[0]["bg"]] for b in batch]),
+                         torch.from_numpy(np.stack([b[2] for b in batch])).reshape(len(batch), grid * grid))
+        head_opt.zero_grad(set_to_none=True)
+        l_aux.backward()
+        head_opt.step()
+        accs.append(acc)
+        if (step + 1) % 100 == 0:
+            a = np.mean(accs[-100:], 0)
+            print(f"heads step {step + 1} aux loss {l_aux.item():.3f} acc shape {a[0]:.3f} color {a[1]:.3f} "
+                  f"bg {a[2]:.3f}  {time.time() - t_start:.0f}s", flush=True)
+    log_acc, log_loss, log_lm = [], [], []
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        pxs, covs, metas = [], [], []
+        for _ in range(args.scenes):
+            p, px, cov = train_scene(rng, size)
+            pxs.append(px)
+            covs.append(cov)
+            metas.append(p)
+            # the same scene flipped: horizontally or vertically (a valid scene of the same answers)
+            axis = 2 if rng.rand() < 0.5 else 1
+            pxs.append(np.flip(px, axis).copy())
+            covs.append(np.flip(cov, axis - 1).copy())
+            metas.append(p)
+        px = torch.from_numpy(np.stack(pxs))
+        cov = torch.from_numpy(np.stack(covs)).reshape(len(covs), grid * grid)
+        shape_t = torch.tensor([SHAPE_I[m["shape"]] for m in metas])
+        color_t = torch.tensor([COLOR_I[m["color"]] for m in metas])
+        bg_t = torch.tensor([COLOR_I[m["bg"]] for m in metas])
+
+        feats = model.image_features(px)
+        l_aux, acc = aux(feats, shape_t, color_t, bg_t, cov)
+        # every image x --questions of the four question types (random paraphrase, the canonical one half of the time)
+        qs, answers, img_idx = [], [], []
+        for i, m in enumerate(metas):
+            for qt in [sd.QTYPES[k] for k in sorted(rng.choice(4, args.questions, replace=False))]:
+                q = sd.CANONICAL[qt] if rng.rand() < 0.5 else sd.QUESTIONS[qt][rng.randint(len(sd.QUESTIONS[qt]))]
+                qs.append(q)
+                answers.append(sd.answer(qt, m["shape"], m["color"], m["bg"]))
+                img_idx.append(i)
+        qids, qmask = pad([vocab.qids(q) for q in qs], 0)
+        ids, mask = pad([vocab.t5ids(q) for q in qs], 0)
+        labels, lmask = pad([vocab.t5ids(a) for a in answers], 0)
+        labels = labels.masked_fill(lmask == 0, -100)
+        l_lm, _ = model.loss(feats[torch.tensor(img_idx)], qids, qmask, ids, mask, labels)
+        loss = l_lm + args.aux_weight * l_aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        opt.step()
+        log_acc.append(acc)
+        log_loss.append(loss.item())
+        log_lm.append(l_lm.item())
+        if (step + 1) % 50 == 0:
+            a = np.mean(log_acc, 0)
+            print(f"step {step + 1} lr {lr_at(step):.2e} loss {np.mean(log_loss):.4f} lm {np.mean(log_lm):.4f} "
+                  f"aux acc shape {a[0]:.3f} color {a[1]:.3f} bg {a[2]:.3f}  {time.time() - t_start:.0f}s",
+                  flush=True)
+            log_acc, log_loss, log_lm = [], [], []
+        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
+            model.eval()
+            v = quick_val(model, vocab, args.val_n, size)
+            model.train()
+            print(f"VAL step {step + 1}: " + " ".join(f"{k} {x:.3f}" for k, x in v.items()) +
+                  f"  {time.time() - t_start:.0f}s", flush=True)
+            save_model(model, args.init, args.out)
+    print(f"TRAINING DONE {args.steps} steps in {time.time() - t_start:.1f}s", flush=True)
+    if args.pid_file and os.path.exists(args.pid_file):
+        os.remove(args.pid_file)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------------------------
+def write_set(model, vocab, seed_base, n, out_dir, beams):
+    """Generates n scenes (RandomState(seed_base + i)), stores each image file as evaluated (PNG, or the JPEG
+    bytes when JPEG) and the model's answers. Returns the JSON-able record."""
+    os.makedirs(out_dir, exist_ok=True)
+    size = model.config["vision_config"]["image_size"]
+    items = []
+    for i in range(n):
+        p, img, q = eval_scene(np.random.RandomState(seed_base + i))
+        name = f"{i:03d}-{p['color']}-{p['shape']}-on-{p['bg']}" + (".jpg" if q else ".png")
+        path = os.path.join(out_dir, name)
+        if q is None:
+            img.save(path, format="PNG", optimize=True)
+        else:
+            img.save(path, format="JPEG", quality=q)
+        img = Image.open(path)  # what the CLI reads
+        px = torch.from_numpy(ib.preprocess(img, size))
+        ans = answer_all(model, vocab, px, beams)
+        qa = []
+        for qt in sd.QTYPES:
+            truth = sd.answer(qt, p["shape"], p["color"], p["bg"])
+            rec = {"qtype": qt, "question": sd.CANONICAL[qt], "answer": truth}
+            for nb in beams:
+                key = "greedy" if nb == 1 else f"beam{nb}"
+                ids, text = ans[(qt, nb)]
+                rec[key] = {"ids": ids, "text": text, "correct": text == truth}
+            qa.append(rec)
+        items.append({"image": name, "seed": seed_base + i, "jpeg_quality": q, "r": round(p["r"], 2),
+                      "shape": p["shape"], "color": p["color"], "bg": p["bg"], "qa": qa})
+    return items
+
+
+def accuracy_table(items, beams):
+    table = {}
+    for nb in beams:
+        key = "greedy" if nb == 1 else f"beam{nb}"
+        per = {qt: 0 for qt in sd.QTYPES}
+        for it in items:
+            for qa in it["qa"]:
+                per[qa["qtype"]] += qa[key]["correct"]
+        table[key] = {"per_question_type": per, "images": len(items),
+                      "correct": sum(per.values()), "total": 4 * len(items)}
+    return table
+
+
+def evaluate(args):
+    torch.set_num_threads(1)
+    model = ib.load_model(args.model)
+    vocab = Vocab(args.model)
+    beams = (1, 3)
+    t0 = time.time()
+    items = write_set(model, vocab, args.seed_base, args.n, args.dir, beams)
+    table = accuracy_table(items, beams)
+    with open(os.path.join(args.dir, "answers.json"), "w") as f:
+        json.dump({"seed_base": args.seed_base, "accuracy": table, "items": items}, f, indent=1)
+    for key, t in table.items():
+        print(key, " ".join(f"{qt} {c}/{t['images']}" for qt, c in t["per_question_type"].items()),
+              f"all {t['correct']}/{t['total']}")
+        # the errors, to see what is hard
+    for it in items:
+        for qa in it["qa"]:
+            if not qa["greedy"]["correct"]:
+                print("greedy error:", it["image"], f"r={it['r']}", qa["question"], "->", qa["greedy"]["text"])
+    print(f"{time.time() - t0:.0f}s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--init", default=os.path.join(ROOT, "tests", "data", "shapes-demo", "model"))
+    t.add_argument("--out", default=os.path.join(ROOT, "models", "shapes-demo"))
+    t.add_argument("--seed", type=int, default=16)
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--scenes", type=int, default=16, help="rendered scenes per step (each used twice)")
+    t.add_argument("--questions", type=int, default=2, help="question types asked per image and step")
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--head-steps", type=int, default=300, help="steps fitting only the auxiliary heads first")
+    t.add_argument("--aux-weight", type=float, default=1.0)
+    t.add_argument("--val-every", type=int, default=500)
+    t.add_argument("--val-n", type=int, default=48)
+    t.add_argument("--pid-file", default=None)
+    e = sub.add_parser("eval")
+    e.add_argument("--model", default=os.path.join(ROOT, "models", "shapes-demo"))
+    e.add_argument("--n", type=int, default=100)
+    e.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE)
+    e.add_argument("--dir", required=True)
+    args = ap.parse_args()
+    train(args) if args.cmd == "train" else evaluate(args)
+
+
+if __name__ == "__main__":
+    main()
