@@ -68,10 +68,10 @@ def eval_scene(rng):
     return p, img, q
 
 
-def train_scene(rng, size):
+def train_scene(rng, size, grid):
     small = rng.rand() < 0.4
     p = sd.sample_params(rng, r_range=(20.0, 36.0) if small else (20.0, 80.0), border=bool(rng.rand() < 0.3))
-    img, cov = sd.render(p, return_coverage=size // 14)
+    img, cov = sd.render(p, return_coverage=grid)
     if rng.rand() < 0.5:
         img = sd.jpeg_roundtrip(img, int(rng.randint(50, 96)))
     return p, ib.preprocess(img, size), cov.astype(np.float32)
@@ -193,6 +193,50 @@ def save_model(model, init_dir, out_dir):
 # ---------------------------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------------------------
+def make_batch(rng, args, size, grid):
+    """args.scenes rendered scenes, each used twice: as drawn and flipped (horizontally or vertically: a valid
+    scene with the same answers; the flip is done on the preprocessed pixels and on the coverage target)."""
+    pxs, covs, metas = [], [], []
+    for _ in range(args.scenes):
+        p, px, cov = train_scene(rng, size, grid)
+        axis = 2 if rng.rand() < 0.5 else 1
+        pxs += [px, np.flip(px, axis).copy()]
+        covs += [cov, np.flip(cov, axis - 1).copy()]
+        metas += [p, p]
+    px = torch.from_numpy(np.stack(pxs))
+    cov = torch.from_numpy(np.stack(covs)).reshape(len(covs), grid * grid)
+    targets = (torch.tensor([SHAPE_I[m["shape"]] for m in metas]), torch.tensor([COLOR_I[m["color"]] for m in metas]),
+               torch.tensor([COLOR_I[m["bg"]] for m in metas]))
+    return px, cov, metas, targets
+
+
+def cosine(base, step, total, warm, floor):
+    if step < warm:
+        return base * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def init_vision(model, std):
+    """transformers' InstructBlipPreTrainedModel._init_weights for the vision model."""
+    for m in model.vision_model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    nn.init.trunc_normal_(model.vision_model.embeddings.position_embedding, 0.0, std)
+    nn.init.trunc_normal_(model.vision_model.embeddings.class_embedding, 0.0, std)
+
+
+def adamw(named, lr):
+    decay = [p for n, p in named if p.dim() >= 2 and "embedding" not in n and "query_tokens" not in n]
+    rest = [p for n, p in named if not (p.dim() >= 2 and "embedding" not in n and "query_tokens" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-8)
+
+
 def train(args):
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -200,70 +244,66 @@ def train(args):
     if args.pid_file:
         with open(args.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
-    model = ib.load_model(args.init)
+    with open(os.path.join(args.init, "config.json")) as f:
+        cfg = json.load(f)
+    # A new vision encoder with 8-pixel patches (14 x 14 patches of the 112-pixel input): a small shape spans
+    # two or three patches instead of one, so its outline is a pattern of tokens rather than something
+    # one linear patch filter must recognise.
+    cfg["vision_config"]["patch_size"] = args.patch_size
+    size = cfg["vision_config"]["image_size"]
+    grid = size // args.patch_size
+    model = ib.InstructBlipT5(cfg)
+    init = ib.load_safetensors(os.path.join(args.init, "model.safetensors"))
+    # Q-Former, query tokens, projection and T5 start from the fixture (they know the questions and how to
+    # spell the answers); the vision encoder starts from transformers' initialisation.
+    keep = {k: v for k, v in init.items() if not k.startswith("vision_model.")}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    assert not unexpected and all(k.startswith("vision_model.") for k in missing)
+    torch.manual_seed(args.seed)
+    init_vision(model, cfg.get("initializer_range", 0.02))
     model.train()
-    size = model.config["vision_config"]["image_size"]
     vocab = Vocab(args.init)
-    aux = AuxHeads(model.config["vision_config"]["hidden_size"])
-    params = list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]
-    decay = [p for n, p in params if p.dim() >= 2 and "embedding" not in n and "query_tokens" not in n]
-    no_decay = [p for n, p in params if not (p.dim() >= 2 and "embedding" not in n and "query_tokens" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
-    warm = 200
-
-    def lr_at(step):
-        if step < warm:
-            return args.lr * (step + 1) / warm
-        t = (step - warm) / max(1, args.steps - warm)
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    grid = size // 14
+    aux = AuxHeads(cfg["vision_config"]["hidden_size"])
     t_start = time.time()
-    # The auxiliary heads start random: fit them on the frozen vision features first (their first gradients
-    # would otherwise scramble the trained vision weights).
-    head_opt = torch.optim.AdamW(aux.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.0)
-    accs = []
-    for step in range(args.head_steps):
-        batch = [train_scene(rng, size) for _ in range(args.scenes)]
-        with torch.no_grad():
-            feats = model.image_features(torch.from_numpy(np.stack([b[1] for b in batch])))
-        l_aux, acc = aux(feats, torch.tensor([SHAPE_I[b[0]["shape"]] for b in batch]),
-                         torch.tensor([COLOR_I[b[0]["color"]] for b in batch]),
-                         torch.tensor([COLOR_I[b[0]["bg"]] for b in batch]),
-                         torch.from_numpy(np.stack([b[2] for b in batch])).reshape(len(batch), grid * grid))
-        head_opt.zero_grad(set_to_none=True)
+
+    # Phase 1: the vision encoder alone, on the auxiliary targets (per patch: coverage, shape colour,
+    # background colour, shape; per image: shape, shape colour, background colour).
+    vis_named = list(model.vision_model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]
+    opt = adamw(vis_named, args.vision_lr)
+    accs, losses = [], []
+    for step in range(args.vision_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine(args.vision_lr, step, args.vision_steps, 100, 0.1)
+        px, cov, _, (shape_t, color_t, bg_t) = make_batch(rng, args, size, grid)
+        l_aux, acc = aux(model.image_features(px), shape_t, color_t, bg_t, cov)
+        opt.zero_grad(set_to_none=True)
         l_aux.backward()
-        head_opt.step()
+        torch.nn.utils.clip_grad_norm_([p for _, p in vis_named], 1.0)
+        opt.step()
         accs.append(acc)
-        if (step + 1) % 100 == 0:
-            a = np.mean(accs[-100:], 0)
-            print(f"heads step {step + 1} aux loss {l_aux.item():.3f} acc shape {a[0]:.3f} color {a[1]:.3f} "
+        losses.append(l_aux.item())
+        if (step + 1) % 50 == 0:
+            a = np.mean(accs, 0)
+            print(f"vision step {step + 1} aux loss {np.mean(losses):.3f} acc shape {a[0]:.3f} color {a[1]:.3f} "
                   f"bg {a[2]:.3f}  {time.time() - t_start:.0f}s", flush=True)
+            accs, losses = [], []
+
+    # Phase 2: the whole model: T5 loss on the answers + the auxiliary loss; the vision encoder at a lower LR.
+    named = list(model.named_parameters())
+    vis = [(n, p) for n, p in named if n.startswith("vision_model.")] + [("aux." + n, p) for n, p in aux.named_parameters()]
+    rest = [(n, p) for n, p in named if not n.startswith("vision_model.")]
+    opt_v, opt_r = adamw(vis, args.lr * args.vision_lr_scale), adamw(rest, args.lr)
+    all_params = [p for _, p in vis + rest]
     log_acc, log_loss, log_lm = [], [], []
     for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        pxs, covs, metas = [], [], []
-        for _ in range(args.scenes):
-            p, px, cov = train_scene(rng, size)
-            pxs.append(px)
-            covs.append(cov)
-            metas.append(p)
-            # the same scene flipped: horizontally or vertically (a valid scene of the same answers)
-            axis = 2 if rng.rand() < 0.5 else 1
-            pxs.append(np.flip(px, axis).copy())
-            covs.append(np.flip(cov, axis - 1).copy())
-            metas.append(p)
-        px = torch.from_numpy(np.stack(pxs))
-        cov = torch.from_numpy(np.stack(covs)).reshape(len(covs), grid * grid)
-        shape_t = torch.tensor([SHAPE_I[m["shape"]] for m in metas])
-        color_t = torch.tensor([COLOR_I[m["color"]] for m in metas])
-        bg_t = torch.tensor([COLOR_I[m["bg"]] for m in metas])
-
+        for o, scale in ((opt_v, args.vision_lr_scale), (opt_r, 1.0)):
+            for g in o.param_groups:
+                g["lr"] = cosine(args.lr * scale, step, args.steps, 100, 0.05)
+        px, cov, metas, (shape_t, color_t, bg_t) = make_batch(rng, args, size, grid)
         feats = model.image_features(px)
         l_aux, acc = aux(feats, shape_t, color_t, bg_t, cov)
-        # every image x --questions of the four question types (random paraphrase, the canonical one half of the time)
+        # every image x --questions of the four question types (random paraphrase, the canonical one half of
+        # the time)
         qs, answers, img_idx = [], [], []
         for i, m in enumerate(metas):
             for qt in [sd.QTYPES[k] for k in sorted(rng.choice(4, args.questions, replace=False))]:
@@ -277,16 +317,18 @@ def train(args):
         labels = labels.masked_fill(lmask == 0, -100)
         l_lm, _ = model.loss(feats[torch.tensor(img_idx)], qids, qmask, ids, mask, labels)
         loss = l_lm + args.aux_weight * l_aux
-        opt.zero_grad(set_to_none=True)
+        opt_v.zero_grad(set_to_none=True)
+        opt_r.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
+        opt_v.step()
+        opt_r.step()
         log_acc.append(acc)
         log_loss.append(loss.item())
         log_lm.append(l_lm.item())
         if (step + 1) % 50 == 0:
             a = np.mean(log_acc, 0)
-            print(f"step {step + 1} lr {lr_at(step):.2e} loss {np.mean(log_loss):.4f} lm {np.mean(log_lm):.4f} "
+            print(f"step {step + 1} loss {np.mean(log_loss):.4f} lm {np.mean(log_lm):.4f} "
                   f"aux acc shape {a[0]:.3f} color {a[1]:.3f} bg {a[2]:.3f}  {time.time() - t_start:.0f}s",
                   flush=True)
             log_acc, log_loss, log_lm = [], [], []
@@ -297,7 +339,7 @@ def train(args):
             print(f"VAL step {step + 1}: " + " ".join(f"{k} {x:.3f}" for k, x in v.items()) +
                   f"  {time.time() - t_start:.0f}s", flush=True)
             save_model(model, args.init, args.out)
-    print(f"TRAINING DONE {args.steps} steps in {time.time() - t_start:.1f}s", flush=True)
+    print(f"TRAINING DONE {args.vision_steps} + {args.steps} steps in {time.time() - t_start:.1f}s", flush=True)
     if args.pid_file and os.path.exists(args.pid_file):
         os.remove(args.pid_file)
 
@@ -377,13 +419,16 @@ def main():
     t.add_argument("--init", default=os.path.join(ROOT, "tests", "data", "shapes-demo", "model"))
     t.add_argument("--out", default=os.path.join(ROOT, "models", "shapes-demo"))
     t.add_argument("--seed", type=int, default=16)
-    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--patch-size", type=int, default=8)
+    t.add_argument("--vision-steps", type=int, default=2000, help="phase 1: vision encoder + auxiliary heads")
+    t.add_argument("--vision-lr", type=float, default=1.5e-3)
+    t.add_argument("--steps", type=int, default=1500, help="phase 2: the whole model")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--vision-lr-scale", type=float, default=0.3)
     t.add_argument("--scenes", type=int, default=16, help="rendered scenes per step (each used twice)")
-    t.add_argument("--questions", type=int, default=2, help="question types asked per image and step")
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--head-steps", type=int, default=300, help="steps fitting only the auxiliary heads first")
+    t.add_argument("--questions", type=int, default=2, help="question types asked per image in phase 2")
     t.add_argument("--aux-weight", type=float, default=1.0)
-    t.add_argument("--val-every", type=int, default=500)
+    t.add_argument("--val-every", type=int, default=250)
     t.add_argument("--val-n", type=int, default=48)
     t.add_argument("--pid-file", default=None)
     e = sub.add_parser("eval")
