@@ -61,7 +61,6 @@ import shapes_data as sd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(HERE, ".."))
-TRAIN_SEED_NOTE = "training scenes come from one RandomState(--seed) stream"
 VAL_SEED_BASE = 10_000_000  # validation during training: RandomState(VAL_SEED_BASE + i)
 EVAL_SEED_BASE = 20_000_000  # evaluation: RandomState(EVAL_SEED_BASE + i)
 TEST_SEED_BASE = 30_000_000  # the C++ test set (tests/data/shapes-demo-trained)
@@ -395,7 +394,8 @@ def resume(args, cfg, rng):
 def phase2(args, model, aux, vocab, rng, size, grid, t_start):
     # Phase 2: the whole model: T5 loss on the answers + the auxiliary loss; the vision encoder at a lower LR.
     named = list(model.named_parameters())
-    vis = [(n, p) for n, p in named if n.startswith("vision_model.")] + [("aux." + n, p) for n, p in aux.named_parameters()]
+    vis = [(n, p) for n, p in named if n.startswith("vision_model.")]
+    vis += [("aux." + n, p) for n, p in aux.named_parameters()]
     rest = [(n, p) for n, p in named if not n.startswith("vision_model.")]
     opt_v, opt_r = adamw(vis, args.lr * args.vision_lr_scale), adamw(rest, args.lr)
     all_params = [p for _, p in vis + rest]

@@ -231,7 +231,7 @@ class VisionModel(nn.Module):
         self.encoder = VisionEncoder(cfg)
         self.post_layernorm = nn.LayerNorm(cfg["hidden_size"], eps=cfg.get("layer_norm_eps", 1e-6))
 
-    def forward(self, px, return_hidden=False):
+    def forward(self, px):
         x = self.embeddings(px)
         for layer in self.encoder.layers:
             x = layer(x)
