@@ -23,7 +23,16 @@ fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
-# The demo: the whole pipeline on the bundled tiny checkpoint (random weights: the answer is noise).
-./build/examples/instructblip-generate --model models/tiny-random-flan-t5 \
-    --image examples/images/Confusing-Pictures.jpg --prompt "What is unusual about this image?" \
-    --num-beams 5 --max-new-tokens 20
+# The demo: the whole pipeline (load, preprocess, vision encoder, Q-Former, Flan-T5, decode) on the bundled
+# models/shapes-demo, a tiny InstructBLIP trained only on pictures of one coloured shape on a coloured
+# background, asked four questions about two bundled pictures.
+questions=("What shape is in the image?" "What color is the shape?" "What color is the background?"
+           "Describe the image.")
+for image in examples/images/shapes/red-circle-on-blue.png examples/images/shapes/yellow-star-on-purple.png; do
+  echo "${image}:"
+  for q in "${questions[@]}"; do
+    a=$(./build/examples/instructblip-generate --model models/shapes-demo --image "$image" --prompt "$q" \
+        --max-new-tokens 32 --quiet)
+    echo "  $q -> $a"
+  done
+done
