@@ -43,7 +43,9 @@ struct Config {
 };
 const Config kConfigs[] = {{WeightFormat::F32, ops::WeightLayout::RowMajor},  {WeightFormat::F32, ops::WeightLayout::Panels},
                            {WeightFormat::BF16, ops::WeightLayout::RowMajor}, {WeightFormat::BF16, ops::WeightLayout::Panels},
-                           {WeightFormat::Q8_0, ops::WeightLayout::RowMajor}, {WeightFormat::Q4_0, ops::WeightLayout::RowMajor}};
+                           {WeightFormat::Q8_0, ops::WeightLayout::RowMajor}, {WeightFormat::Q8_0, ops::WeightLayout::Panels},
+                           {WeightFormat::Q4_0, ops::WeightLayout::RowMajor}};
+constexpr int kNumConfigs = int(sizeof(kConfigs) / sizeof(kConfigs[0]));
 std::string cname(const Config& c) {
   return std::string(ops::weight_format_name(c.f)) + (c.l == ops::WeightLayout::Panels ? "/panels" : "");
 }
@@ -237,8 +239,8 @@ void sweep(bool bf16_gemm) {
   const int Ks[] = {1, 33, 64, 100, 300};
   const int Ns[] = {1, 17, 64};
   const int Ms[] = {1, 3, 8, 9, 257};
-  double worst[6] = {0, 0, 0, 0, 0, 0};
-  for (int ci = 0; ci < 6; ++ci)
+  double worst[kNumConfigs] = {};
+  for (int ci = 0; ci < kNumConfigs; ++ci)
     for (int K : Ks)
       for (int N : Ns) {
         const WeightFormat f = kConfigs[ci].f;
@@ -260,7 +262,7 @@ void sweep(bool bf16_gemm) {
             ASSERT_LE(ratio, 1.0);
           }
       }
-  for (int ci = 0; ci < 6; ++ci)
+  for (int ci = 0; ci < kNumConfigs; ++ci)
     std::printf("%-11s worst |y-ref| / (2e-6 sum|wx|)%s: %.3f\n", cname(kConfigs[ci]).c_str(),
                 bf16_gemm ? " (bf16-activation GEMM)" : "", worst[ci]);
 }
@@ -388,16 +390,19 @@ TEST(Weights, ScalarPathMatchesSimd) {
 TEST(Weights, VnniAndAvx512BwIntegerKernelsAgreeExactly) {
   const int K = 4 * 64 + 32 + 5, N = 45;  // a 4-pair group, a single pair and a K tail
   MatrixF w = random_matrix(N, K, 15);
-  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
-    WeightMatrix W(to_tensor(w), f);
-    for (int M : {1, 6}) {
+  for (const Config& c : {Config{WeightFormat::Q8_0, ops::WeightLayout::RowMajor},
+                          Config{WeightFormat::Q8_0, ops::WeightLayout::Panels},
+                          Config{WeightFormat::Q4_0, ops::WeightLayout::RowMajor}}) {
+    const WeightFormat f = c.f;
+    WeightMatrix W(to_tensor(w), f, c.l);
+    for (int M : {1, 3, 6}) {
       MatrixF x = random_matrix(M, K, 16);
       MatrixF a = ops::linear(x, W);
       ops::set_disabled_isa(ops::kIsaAvx512Vnni);
       MatrixF b = ops::linear(x, W);
       ops::set_disabled_isa(0);
       // identical integer lanes, identical float order
-      EXPECT_TRUE(bit_equal(a, b)) << ops::weight_format_name(f) << " M=" << M;
+      EXPECT_TRUE(bit_equal(a, b)) << cname(c) << " M=" << M;
     }
   }
 }
@@ -481,8 +486,81 @@ TEST(Weights, PanelsLayout) {
         EXPECT_EQ(std::memcmp(P2.data(), P.data(), P.bytes()), 0);
       }
     }
-  EXPECT_THROW(WeightMatrix(to_tensor(random_matrix(4, 64, 1)), WeightFormat::Q8_0, ops::WeightLayout::Panels),
+  EXPECT_THROW(WeightMatrix(to_tensor(random_matrix(4, 64, 1)), WeightFormat::Q4_0, ops::WeightLayout::Panels),
                InvalidArgument);
+  EXPECT_THROW(WeightMatrix(to_tensor(random_matrix(4, 64, 1)), WeightFormat::Q4_0).with_layout(ops::WeightLayout::Panels),
+               InvalidArgument);
+}
+
+TEST(Weights, Q8PanelsLayout) {
+  int checked = 0;
+  for (int K : {1, 33, 64, 301})
+    for (int N : {1, 15, 16, 17, 70}) {
+      SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K));
+      MatrixF w = random_matrix(N, K, unsigned(41 + K + N));
+      const WeightMatrix R(to_tensor(w), WeightFormat::Q8_0), P(to_tensor(w), WeightFormat::Q8_0, ops::WeightLayout::Panels);
+      ASSERT_EQ(P.layout(), ops::WeightLayout::Panels);
+      ASSERT_EQ(P.padded_cols(), R.padded_cols());
+      const std::int64_t Kp = R.padded_cols(), KB = Kp / 32, Pn = (N + 15) / 16;
+      EXPECT_EQ(P.bytes(), std::size_t(Pn * 16 * Kp + Pn * 16 * KB * 2));
+      // the documented element map, padding rows zero
+      const auto* rq = static_cast<const std::int8_t*>(R.data());
+      const auto* pq = static_cast<const std::int8_t*>(P.data());
+      for (std::int64_t n = 0; n < Pn * 16; ++n)
+        for (std::int64_t k = 0; k < Kp; ++k) {
+          const std::int64_t at = (((n / 16) * KB + k / 32) * 8 + (k % 32) / 4) * 64 + (n % 16) * 4 + k % 4;
+          ASSERT_EQ(pq[at], n < N ? rq[n * Kp + k] : 0) << n << "," << k;
+        }
+      for (std::int64_t n = 0; n < Pn * 16; ++n)
+        for (std::int64_t b = 0; b < KB; ++b)
+          ASSERT_EQ(P.scales()[((n / 16) * KB + b) * 16 + n % 16], n < N ? R.scales()[n * KB + b] : 0);
+      EXPECT_TRUE(bit_equal(to_matrix(R.dequantize()), to_matrix(P.dequantize())));
+      // saved row-major, bit for bit; repacked back to the same panels
+      auto t = P.to_tensors("p");
+      ASSERT_EQ(t.size(), 3u);
+      const WeightMatrix L = WeightMatrix::from_tensors("p", t);
+      EXPECT_EQ(L.layout(), ops::WeightLayout::RowMajor);
+      EXPECT_EQ(std::memcmp(L.data(), R.data(), R.data_tensor().nbytes()), 0);
+      EXPECT_EQ(std::memcmp(L.scales(), R.scales(), R.scales_tensor().nbytes()), 0);
+      const WeightMatrix P2 = L.with_layout(ops::WeightLayout::Panels);
+      EXPECT_EQ(std::memcmp(P2.data(), P.data(), P.data_tensor().nbytes()), 0);
+      EXPECT_EQ(std::memcmp(P2.scales(), P.scales(), P.scales_tensor().nbytes()), 0);
+      ++checked;
+    }
+  EXPECT_EQ(checked, 20);
+}
+
+// The many-row regime dequantises the same values from either layout: the products agree bit for
+// bit at every level; the row-by-row regime agrees bit for bit at the portable level (one formula)
+// and within the summation tolerance at the others.
+TEST(Weights, Q8PanelsAndRowMajorAgree) {
+  const int K = 4 * 64 + 32 + 5, N = 45;
+  MatrixF w = random_matrix(N, K, 43);
+  std::vector<float> bias(std::size_t(N), 0.25f);
+  const WeightMatrix R(to_tensor(w), WeightFormat::Q8_0), P = R.with_layout(ops::WeightLayout::Panels);
+  int checked = 0;
+  for (const char* level : {"portable", "avx2", ""}) {
+    ops::set_disabled_isa(ops::isa_mask_from_env(level));
+    for (bool bf16 : {false, true}) {
+      Bf16GemmGuard guard(bf16);
+      for (int M : {1, 2, 5, 8, 9, 40}) {
+        SCOPED_TRACE(std::string("level ") + (*level ? level : "best") + " M=" + std::to_string(M) + " bf16=" + std::to_string(bf16));
+        const MatrixF x = random_matrix(M, K, unsigned(44 + M));
+        const MatrixF yr = ops::linear(x, R, bias.data()), yp = ops::linear(x, P, bias.data());
+        const bool large = is_large(M);
+        if (large || std::string(level) == "portable") {
+          EXPECT_TRUE(bit_equal(yr, yp));
+        } else {
+          const Ref r = reference(effective_x(x, WeightFormat::Q8_0, large), effective_w(R, large), bias.data());
+          EXPECT_LE(worst_ratio(yp, r), 1.0);
+          EXPECT_LE(worst_ratio(yr, r), 1.0);
+        }
+        ++checked;
+      }
+    }
+    ops::set_disabled_isa(0);
+  }
+  EXPECT_EQ(checked, 36);
 }
 
 TEST(Weights, FromTensorsRejectsInconsistentTensors) {
@@ -817,8 +895,9 @@ TEST(LinearRegimes, RowIndependentAndStackedItemsGiveEachRowWhatItGetsAlone) {
   Tensor w = Tensor::empty({N, K});
   for (std::int64_t i = 0; i < N * K; ++i) w.data<float>()[i] = nd(rng);
   int checked = 0;
-  for (auto f : {ops::WeightFormat::F32, ops::WeightFormat::BF16, ops::WeightFormat::Q8_0, ops::WeightFormat::Q4_0}) {
-    const ops::WeightMatrix W(w, f);
+  for (const Config& c : kConfigs) {
+    const WeightFormat f = c.f;
+    const ops::WeightMatrix W(w, f, c.l);
     MatrixF x(24, K);
     for (std::int64_t i = 0; i < x.size(); ++i) x.data()[i] = nd(rng);
     // 3 items of 3 rows: alone each is in the row-by-row regime, the 9 stacked rows are not
@@ -843,5 +922,5 @@ TEST(LinearRegimes, RowIndependentAndStackedItemsGiveEachRowWhatItGetsAlone) {
     EXPECT_FALSE(ops::RowIndependentProducts::active());
     ++checked;
   }
-  EXPECT_EQ(checked, 4);
+  EXPECT_EQ(checked, kNumConfigs);
 }

@@ -23,9 +23,8 @@ WeightFormat WeightPolicy::format_for(MatrixRole role) const {
 
 WeightLayout WeightPolicy::layout_for(MatrixRole role) const {
   // Panels for f32 / bf16 (WeightSource::matrix keeps a matrix already stored in that format in
-  // place, row-major); the block formats are row-major only.
-  const WeightFormat f = format_for(role);
-  return f == WeightFormat::F32 || f == WeightFormat::BF16 ? WeightLayout::Panels : WeightLayout::RowMajor;
+  // place, row-major); q8_0 in the layout this CPU's kernels read fastest; q4_0 row-major.
+  return ops::preferred_layout(format_for(role));
 }
 
 bool WeightPolicy::packs_in_place(MatrixRole) const {
@@ -95,10 +94,20 @@ ops::WeightMatrix WeightSource::matrix(const std::string& name, const Shape& sha
     if (m.rows() != shape[0] || m.cols() != shape[1])
       throw TensorError("quantised matrix '" + name + "' in " + where_ + " has shape [" + std::to_string(m.rows()) +
                         ", " + std::to_string(m.cols()) + "], expected " + shape_str(shape));
+    // stored row-major; repacked once where this CPU's kernels read another layout faster
+    const WeightLayout best = ops::preferred_layout(m.format());
+    if (m.layout() != best) {
+      m = m.with_layout(best);
+      if (release_) {
+        const ops::StorageNames names = ops::storage_names(name, m.format());
+        release_(names.data);
+        release_(names.scale);
+      }
+    }
     return m;
   }
   const Tensor t = get(name, shape);
-  if (format == WeightFormat::Q8_0 || format == WeightFormat::Q4_0) layout = WeightLayout::RowMajor;
+  if (format == WeightFormat::Q4_0) layout = WeightLayout::RowMajor;
   // A matrix converted at load, or stored in the requested format under a reduced one
   // (WeightPolicy::packs_in_place), is packed into panels once; an f32 one at f32 is used in place
   // (mapped; the GEMM kernels pack it per call).

@@ -62,7 +62,8 @@ struct GemvArgs {
 
 /// Quantised activations for the Q8_0 / Q4_0 streaming kernels: int8 q[M][Kp], f32 scales
 /// d[M][Kp/32], and for the SIMD kernels the VNNI offset correction negc[M][Kp/4] =
-/// -offset * (sum of 4 consecutive q) and the scales per pair of blocks dxe[M][Kp/64][16]
+/// -offset * (sum of 4 consecutive q) (Q4_0) or the unsigned bytes qu[M][Kp] and the block
+/// corrections negb[M][Kp/32] (Q8_0), and the scales per pair of blocks dxe[M][Kp/64][16]
 /// (lanes 0-7: block 2p, 8-15: block 2p+1).
 struct QuantAct {
   std::int64_t M = 0, Kp = 0;
@@ -70,6 +71,7 @@ struct QuantAct {
   float* d = nullptr;
   std::int32_t* negc = nullptr;  // Q4_0 (AVX-512 kernels): -8 * sum of each 4 activation bytes
   std::uint8_t* qu = nullptr;    // Q8_0 (AVX-512 kernels): q + 128, the activations as unsigned bytes
+  std::int32_t* negb = nullptr;  // Q8_0 (AVX-512 kernels): -128 * sum of each block of 32 q
   float* dxe = nullptr;
   Scratch mem;
 };

@@ -123,22 +123,36 @@ IB_AVX512_TARGET void dequant_q_bf16(const WeightMatrix& W, std::int64_t n0, std
                                      std::int64_t klen, std::uint16_t* tmp, std::int64_t ld) {
   const std::int64_t Kp = W.padded_cols();
   const bool q4 = W.format() == WeightFormat::Q4_0;
+  const bool panels = W.layout() == WeightLayout::Panels;  // Q8_0 only
   const auto* base = static_cast<const std::uint8_t*>(W.data());
   const std::int64_t kend = std::min(Kp, k0 + (klen + 63) / 64 * 64);
   for (std::int64_t i = 0; i < rows; ++i) {
     const std::int64_t n = n0 + i;
-    const std::uint16_t* s = W.scales() + n * (Kp / 32);
+    const std::uint16_t* s = panels ? nullptr : W.scales() + n * (Kp / 32);
     for (std::int64_t k = k0; k < kend; k += 64) {
       __m512i codes;
       if (q4) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + n * (Kp / 2) + k / 2));
         codes = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
         codes = _mm512_sub_epi8(_mm512_and_si512(codes, _mm512_set1_epi8(0x0f)), _mm512_set1_epi8(8));
+      } else if (panels) {
+        // Q8_0 Panels: row n's 4-byte groups of the two blocks sit 64 bytes apart (weights.hpp)
+        const std::int64_t KB = Kp / 32, off = ((n / 16) * KB + k / 32) * 512 + (n % 16) * 4;
+        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(64));
+        codes = _mm512_i32gather_epi32(idx, base + off, 1);
       } else {
         codes = _mm512_loadu_si512(base + n * Kp + k);
       }
       std::uint32_t two;
-      std::memcpy(&two, s + k / 32, 4);
+      if (panels) {
+        const std::int64_t KB = Kp / 32;
+        const std::uint16_t sc[2] = {W.scales()[((n / 16) * KB + k / 32) * 16 + n % 16],
+                                     W.scales()[((n / 16) * KB + k / 32 + 1) * 16 + n % 16]};
+        std::memcpy(&two, sc, 4);
+      } else {
+        std::memcpy(&two, s + k / 32, 4);
+      }
       const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128(int(two)));
       const __m512 d0 = _mm512_broadcastss_ps(d2), d1 = _mm512_broadcastss_ps(_mm_shuffle_ps(d2, d2, 1));
       const __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(codes, 0))), d0);
@@ -283,6 +297,13 @@ void run_panels(const WeightMatrix& W, const AmxGemmArgs& a, const Plan& pl, con
       f.base = base + (n0 * K + k0) * 2;
       f.stride = K * 2;
       bytes = klen * 2;
+    } else if (W.format() == WeightFormat::Q8_0 && W.layout() == WeightLayout::Panels) {
+      // the two 16-row panels, each contiguous along K
+      const std::int64_t KB = W.padded_cols() / 32;
+      f.base = base + ((n0 / 16) * KB + k0 / 32) * 512;
+      f.stride = KB * 512;
+      bytes = (klen + 31) / 32 * 512;
+      rows = std::min<std::int64_t>(2, (N - n0 + 15) / 16);
     } else if (W.format() == WeightFormat::Q8_0) {
       f.base = base + n0 * W.padded_cols() + k0;
       f.stride = W.padded_cols();
@@ -364,8 +385,8 @@ void gemm_amx_bf16(const WeightMatrix& W, const AmxGemmArgs& a) {
   pl.kcg = (pl.Kg + pl.nkb - 1) / pl.nkb;
   pl.kcg += pl.kcg & 1;  // even: Q K blocks start on a 64-weight pair of blocks
   pl.nkb = (pl.Kg + pl.kcg - 1) / pl.kcg;
-  pl.panels = W.layout() == WeightLayout::Panels;
   pl.q = W.format() == WeightFormat::Q8_0 || W.format() == WeightFormat::Q4_0;
+  pl.panels = W.layout() == WeightLayout::Panels && !pl.q;  // bf16 panels used in place (Q8_0 ones dequantised)
   auto Ap = aligned_buffer<std::uint16_t>(std::size_t(pl.Mp * pl.Kg * 32));
   std::uint16_t* ap = Ap.get();
   parallel_for(0, pl.mtiles, 2, [&](std::int64_t t0, std::int64_t t1) { convert_a(a, pl.Kg, t0, t1, ap); });

@@ -310,6 +310,81 @@ void gemv_q_avx512(const WeightMatrix& W, const GemvArgs& g, const QuantAct& qa,
   for (; n < n1; ++n) rows(std::integral_constant<int, 1>{});
 }
 
+// ---- Q8_0 Panels streaming kernel (weights.hpp): 16 outputs of a panel per 512-bit register.
+// Per block of 32 weights and activation row: eight dot products of 4 weights x 4 activation
+// bytes into 16 int32 lanes, each with the activation group broadcast (VNNI: vpdpbusd of the
+// weights as unsigned bytes w + 128 times the signed activations, the accumulator started at
+// -128 * sum of the block's activations (QuantAct::negb); AVX-512BW: |x| times w with the sign
+// of x, vpmaddubsw + vpmaddwd) - exactly the block's sum(w * x) - then one conversion and one
+// FMA with scale_w * scale_x per 16 outputs. Every output is computed the same way for any
+// number of rows, panels per call or threads: acc = fma(float(dot_b), scale_w * scale_x, acc)
+// block by block, plus the bias at the end. MB activation rows x NG panels per pass.
+template <bool VNNI, int MB, int NG>
+void gemv_q8_panels_avx512(const WeightMatrix& W, const GemvArgs& g, const QuantAct& qa, std::int64_t m0,
+                           std::int64_t p) {
+  const std::int64_t Kp = W.padded_cols(), KB = Kp / QK, N = W.rows();
+  const auto* wbase = static_cast<const std::int8_t*>(W.data()) + p * KB * 512;
+  const std::uint16_t* sbase = W.scales() + p * KB * 16;
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  __m512 acc[MB][NG];
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 16
+    for (int n = 0; n < NG; ++n) acc[m][n] = _mm512_setzero_ps();
+  for (std::int64_t b = 0; b < KB; ++b) {
+    __m512i ia[MB][NG];
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m) {
+      const __m512i c = VNNI ? _mm512_set1_epi32(qa.negb[(m0 + m) * KB + b]) : _mm512_setzero_si512();
+#pragma GCC unroll 16
+      for (int n = 0; n < NG; ++n) ia[m][n] = c;
+    }
+    const std::int8_t* xb = qa.q + m0 * Kp + b * QK;
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+#pragma GCC unroll 16
+      for (int n = 0; n < NG; ++n) {
+        const std::int8_t* wp = wbase + (n * KB + b) * 512 + j * 64;
+        prefetch_ahead(wp);
+        const __m512i w = _mm512_load_si512(wp);
+        const __m512i wu = VNNI ? _mm512_xor_si512(w, flip) : w;
+#pragma GCC unroll 16
+        for (int m = 0; m < MB; ++m) {
+          std::int32_t x4;
+          std::memcpy(&x4, xb + m * Kp + 4 * j, 4);
+          const __m512i xv = _mm512_set1_epi32(x4);
+          if constexpr (VNNI) {
+            ia[m][n] = _mm512_dpbusd_epi32(ia[m][n], wu, xv);
+          } else {
+            const __m512i sw = _mm512_mask_sub_epi8(w, _mm512_movepi8_mask(xv), _mm512_setzero_si512(), w);
+            const __m512i d = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(xv), sw), _mm512_set1_epi16(1));
+            ia[m][n] = _mm512_add_epi32(ia[m][n], d);
+          }
+        }
+      }
+    }
+    __m512 ws[NG];
+#pragma GCC unroll 16
+    for (int n = 0; n < NG; ++n)
+      ws[n] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sbase + (n * KB + b) * 16)));
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m) {
+      const __m512 d = _mm512_set1_ps(qa.d[(m0 + m) * KB + b]);
+#pragma GCC unroll 16
+      for (int n = 0; n < NG; ++n)
+        acc[m][n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][n]), _mm512_mul_ps(ws[n], d), acc[m][n]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int n = 0; n < NG; ++n) {
+    const std::int64_t n0 = (p + n) * 16;
+    const __mmask16 k = mask16(N - n0);
+    const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(k, g.bias + n0) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(g.y + (m0 + m) * g.ldy + n0, k, _mm512_add_ps(acc[m][n], bias));
+  }
+}
+
 // ---- Streaming kernels on the Panels layout: 32 outputs per panel, a broadcast activation
 // times a 32-wide weight row per k (f32), or per k pair (bf16, widened by shift / mask).
 template <int MB>
@@ -522,6 +597,46 @@ void dequant_q(const WeightMatrix& W, std::int64_t n0, std::int64_t rows, std::i
   }
 }
 
+// A Q8_0 Panels matrix straight into Bp[kw][32] (the layout pack_b writes) for the 32 output rows
+// [n0, n0 + 32) (two 16-row panels; n0 a multiple of 32) and the words [kb, kb + round_up(kwn, 16))
+// (kb a multiple of GEMM_KCW): one 64-byte line holds 4 consecutive k of 16 rows, so each k is
+// a shift pair + conversion + scale per 16 outputs, no transpose. Values past N / K are zero
+// (the panels are zero padded), exactly as the row-major dequantisation + pack_b give them.
+template <bool BF16>
+void dequant_q8_panels_b(const WeightMatrix& W, std::int64_t n0, std::int64_t kb, std::int64_t kwn, std::uint32_t* Bp) {
+  const std::int64_t KB = W.padded_cols() / QK, P = (W.rows() + 15) / 16;
+  const std::int64_t k0 = BF16 ? 2 * kb : kb, klen = (BF16 ? 2 : 1) * round_up(kwn, 16);
+  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                         5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int h = 0; h < 2; ++h) {
+    const std::int64_t p = n0 / 16 + h;
+    if (p >= P) {
+      for (std::int64_t kw = 0; kw < round_up(kwn, 16); ++kw) _mm512_store_si512(Bp + kw * 32 + 16 * h, _mm512_setzero_si512());
+      continue;
+    }
+    const auto* q = static_cast<const std::int8_t*>(W.data()) + p * KB * 512;
+    const std::uint16_t* sc = W.scales() + p * KB * 16;
+    for (std::int64_t k = k0; k < k0 + klen; k += 4) {
+      const std::int64_t b = k / QK;
+      const __m512i v = _mm512_load_si512(q + b * 512 + ((k % QK) / 4) * 64);
+      const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + b * 16)));
+      __m512 f[4];
+      f[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24)), d);
+      f[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 24)), d);
+      f[2] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 8), 24)), d);
+      f[3] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(v, 24)), d);
+      if constexpr (BF16) {
+        const std::int64_t kw = (k - k0) / 2;
+        for (int e = 0; e < 2; ++e)
+          _mm512_store_si512(Bp + (kw + e) * 32 + 16 * h,
+                             _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(f[2 * e + 1], f[2 * e])));
+      } else {
+        for (int e = 0; e < 4; ++e) _mm512_store_ps(Bp + (k - k0 + e) * 32 + 16 * h, f[e]);
+      }
+    }
+  }
+}
+
 // Row-major / Q sources are read 32 rows x one K block at a time (a strided pattern the hardware
 // prefetchers do not follow); prefetching the next panel's rows while this one is packed and
 // multiplied hides the memory latency (otherwise the packing dominates at small M).
@@ -532,7 +647,16 @@ void prefetch_source_rows(const WeightMatrix& W, std::int64_t n0, std::int64_t k
   switch (W.format()) {
     case WeightFormat::F32: row_bytes = W.cols() * 4; off = k0 * 4; len = nvalid * 4; break;
     case WeightFormat::BF16: row_bytes = W.cols() * 2; off = k0 * 2; len = nvalid * 2; break;
-    case WeightFormat::Q8_0: row_bytes = W.padded_cols(); off = k0; len = nvalid; break;
+    case WeightFormat::Q8_0:
+      if (W.layout() == WeightLayout::Panels) {  // two panels, contiguous along K
+        const std::int64_t KB = W.padded_cols() / QK, P = (W.rows() + 15) / 16;
+        for (std::int64_t p = n0 / 16; p < std::min(P, n0 / 16 + 2); ++p) {
+          const char* q = base + (p * KB + k0 / QK) * 512;
+          for (std::int64_t b = 0; b < (nvalid + QK - 1) / QK * 512; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+        }
+        return;
+      }
+      row_bytes = W.padded_cols(); off = k0; len = nvalid; break;
     default: row_bytes = W.padded_cols() / 2; off = k0 / 2; len = (nvalid + 1) / 2; break;
   }
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -576,8 +700,9 @@ void gemm_avx512(const WeightMatrix& W, const GemvArgs& g) {
     }
   });
   static constexpr auto table = ukernel_table<KIND>(std::make_integer_sequence<int, MR>{});
-  const bool panels = W.layout() == WeightLayout::Panels;
   const bool q = W.format() == WeightFormat::Q8_0 || W.format() == WeightFormat::Q4_0;
+  const bool panels = W.layout() == WeightLayout::Panels && !q;  // f32 / bf16 panels: B in place
+  const bool q8_panels = W.layout() == WeightLayout::Panels && q;
   par(0, npanels, 1, [&](std::int64_t j0, std::int64_t j1) {
     Scratch Bp_mem(panels ? 0 : std::size_t(GEMM_KCW * 32) * 4);
     std::uint32_t* const Bp_p = Bp_mem.as<std::uint32_t>();
@@ -596,6 +721,8 @@ void gemm_avx512(const WeightMatrix& W, const GemvArgs& g) {
                              std::min<std::int64_t>(KIND == kGemmF32 ? GEMM_KCW : 2 * GEMM_KCW, K - (KIND == kGemmF32 ? nk : 2 * nk)));
       if (panels) {
         B = static_cast<const std::uint32_t*>(W.data()) + (jp * KW + kb) * 32;
+      } else if (q8_panels) {
+        dequant_q8_panels_b<KIND != kGemmF32>(W, n0, kb, kwn, Bp_p);
       } else if (q) {
         if constexpr (KIND == kGemmF32) {
           dequant_q<false>(W, n0, rows, k0, nvalid, tmp_p, GEMM_KCW);
@@ -686,6 +813,30 @@ void in_blocks(std::int64_t n0, std::int64_t n1, std::int64_t block, F&& f) {
 void gemv_impl(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qap, bool vnni) {
   const std::int64_t N = W.rows(), K = g.K;
   const std::int64_t grain = std::max<std::int64_t>(1, (1 << 15) / std::max<std::int64_t>(1, K * g.M));
+  if (W.format() == WeightFormat::Q8_0 && W.layout() == WeightLayout::Panels) {
+    const QuantAct& qa = *qap;
+    const std::int64_t P = (N + 15) / 16;
+    par(0, P, (grain + 15) / 16, [&](std::int64_t p0, std::int64_t p1) {
+      // row groups of <= 4 rows against 2 panels at a time (4 for a single row): the panels'
+      // weights are read from memory by the first group, from cache by the others
+      auto run = [&](auto ng_c, std::int64_t p) {
+        constexpr int NG = decltype(ng_c)::value;
+        for_row_groups<4>(g.M, [&](auto mb, std::int64_t m0) {
+          constexpr int MB = decltype(mb)::value;
+          if (vnni) gemv_q8_panels_avx512<true, MB, NG>(W, g, qa, m0, p);
+          else gemv_q8_panels_avx512<false, MB, NG>(W, g, qa, m0, p);
+        });
+      };
+      std::int64_t p = p0;
+      if (g.M == 1)
+        for (; p + 4 <= p1; p += 4) run(std::integral_constant<int, 4>{}, p);
+      else
+        for (; p + 2 <= p1; p += 2) run(std::integral_constant<int, 2>{}, p);
+      for (; p < p1; ++p) run(std::integral_constant<int, 1>{}, p);
+      activate_block(g, 0, g.M, p0 * 16, std::min(N, p1 * 16));
+    });
+    return;
+  }
   if (W.layout() == WeightLayout::Panels) {
     par(0, (N + 31) / 32, (grain + 31) / 32, [&](std::int64_t p0, std::int64_t p1) {
       in_blocks(p0, p1, 2, [&](std::int64_t b0, std::int64_t b1) {

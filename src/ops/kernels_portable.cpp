@@ -57,13 +57,15 @@ void quantize_act(const float* x, std::int64_t ldx, std::int64_t M, std::int64_t
   const std::size_t nq = std::size_t(round_up(M * Kp, 64)), nd = std::size_t(round_up(M * (Kp / QK) * 4, 64));
   const std::size_t nc = simd_extras ? (q8 ? nq : std::size_t(round_up(M * (Kp / 4) * 4, 64))) : 0;
   const std::size_t ne = simd_extras ? std::size_t(M * (Kp / 64) * 16 * 4) : 0;
-  a.mem = Scratch(nq + nd + nc + ne);
+  const std::size_t nb = simd_extras && q8 ? std::size_t(round_up(M * (Kp / QK) * 4, 64)) : 0;
+  a.mem = Scratch(nq + nd + nc + ne + nb);
   auto* base = a.mem.as<std::uint8_t>();
   a.q = reinterpret_cast<std::int8_t*>(base);
   a.d = reinterpret_cast<float*>(base + nq);
   a.negc = simd_extras && !q8 ? reinterpret_cast<std::int32_t*>(base + nq + nd) : nullptr;
   a.qu = simd_extras && q8 ? base + nq + nd : nullptr;
   a.dxe = simd_extras ? reinterpret_cast<float*>(base + nq + nd + nc) : nullptr;
+  a.negb = nb ? reinterpret_cast<std::int32_t*>(base + nq + nd + nc + ne) : nullptr;
   for (std::int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;
     std::int8_t* q = a.q + m * Kp;
@@ -88,6 +90,12 @@ void quantize_act(const float* x, std::int64_t ldx, std::int64_t M, std::int64_t
       if (q8) {
         std::uint8_t* qu = a.qu + m * Kp;
         for (std::int64_t k = 0; k < Kp; ++k) qu[k] = std::uint8_t(int(q[k]) + 128);
+        std::int32_t* nb_m = a.negb + m * (Kp / QK);
+        for (std::int64_t b = 0; b < Kp / QK; ++b) {
+          std::int32_t sum = 0;
+          for (std::int64_t k = b * QK; k < (b + 1) * QK; ++k) sum += q[k];
+          nb_m[b] = -128 * sum;
+        }
       } else {
         std::int32_t* nc = a.negc + m * (Kp / 4);
         for (std::int64_t g = 0; g < Kp / 4; ++g)

@@ -127,6 +127,16 @@ MatrixF linear(const In<float>& x, const WeightMatrix& W, const float* bias) {
   return y;
 }
 
+WeightLayout preferred_layout(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::F32:
+    case WeightFormat::BF16: return WeightLayout::Panels;
+    case WeightFormat::Q8_0: return level() == Level::Avx512 ? WeightLayout::Panels : WeightLayout::RowMajor;
+    case WeightFormat::Q4_0: break;
+  }
+  return WeightLayout::RowMajor;
+}
+
 std::string kernel_name(const WeightMatrix& W, std::int64_t M) { return kernel_name(W, M, GemmCompute::Auto); }
 
 std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compute) {
@@ -140,7 +150,7 @@ std::string kernel_name(const WeightMatrix& W, std::int64_t M, GemmCompute compu
       case Level::Avx2: return "avx2-gemv-" + fmt;
       case Level::Avx512: break;
     }
-    if (q) return (use_vnni() ? "avx512vnni-dpbusd-" : "avx512bw-maddubs-") + fmt;
+    if (q) return (use_vnni() ? "avx512vnni-dpbusd-" : "avx512bw-maddubs-") + fmt + (panels ? "(panels)" : "");
     return std::string(W.format() == WeightFormat::F32 ? "avx512-fma-gemv" : "avx512-widen-fma-gemv") + lay;
   }
   const bool bf16 = resolve_bf16(compute) && W.format() != WeightFormat::F32;

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "instructblip/core/thread_pool.hpp"
+
 namespace instructblip::ops::detail {
 
 namespace {
@@ -56,6 +58,34 @@ void quantize_row_q4(const float* w, std::int64_t K, std::int64_t Kp, std::uint8
       qs[p * 32 + j] = std::uint8_t(codes[std::size_t(p * 64 + j)] | (codes[std::size_t(p * 64 + 32 + j)] << 4));
 }
 
+void pack_q8_panels(const std::int8_t* qs, const std::uint16_t* sc, std::int64_t N, std::int64_t Kp, std::int8_t* pq,
+                    std::uint16_t* ps) {
+  const std::int64_t KB = Kp / QK, P = (N + 15) / 16;
+  parallel_for(0, P, 1, [&](std::int64_t p0, std::int64_t p1) {
+    for (std::int64_t p = p0; p < p1; ++p)
+      for (std::int64_t b = 0; b < KB; ++b) {
+        std::int8_t* out = pq + (p * KB + b) * 512;
+        std::uint16_t* so = ps + (p * KB + b) * 16;
+        for (int r = 0; r < 16; ++r) {
+          const std::int64_t n = p * 16 + r;
+          so[r] = n < N ? sc[n * KB + b] : 0;
+          for (int k = 0; k < 32; ++k) out[(k / 4) * 64 + r * 4 + k % 4] = n < N ? qs[n * Kp + b * QK + k] : 0;
+        }
+      }
+  });
+}
+
+void unpack_q8_panels(const std::int8_t* pq, const std::uint16_t* ps, std::int64_t N, std::int64_t Kp, std::int8_t* qs,
+                      std::uint16_t* sc) {
+  const std::int64_t KB = Kp / QK;
+  parallel_for(0, N, std::max<std::int64_t>(1, 65536 / std::max<std::int64_t>(1, Kp)), [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      for (std::int64_t b = 0; b < KB; ++b) sc[n * KB + b] = ps[q8_panel_scale_index(n, b, KB)];
+      for (std::int64_t k = 0; k < Kp; ++k) qs[n * Kp + k] = pq[q8_panel_index(n, k, KB)];
+    }
+  });
+}
+
 // Row n of the matrix as float (exact).
 void dequantize_row(const WeightMatrix& W, std::int64_t n, float* out) {
   const std::int64_t K = W.cols(), Kp = W.padded_cols();
@@ -75,9 +105,15 @@ void dequantize_row(const WeightMatrix& W, std::int64_t n, float* out) {
       return;
     }
     case WeightFormat::Q8_0: {
-      const auto* q = static_cast<const std::int8_t*>(W.data()) + n * Kp;
+      const auto* q = static_cast<const std::int8_t*>(W.data());
+      if (panels) {
+        const std::int64_t KB = Kp / QK;
+        for (std::int64_t k = 0; k < K; ++k)
+          out[k] = f16_to_f32(W.scales()[q8_panel_scale_index(n, k / QK, KB)]) * float(q[q8_panel_index(n, k, KB)]);
+        return;
+      }
       const std::uint16_t* s = W.scales() + n * (Kp / QK);
-      for (std::int64_t k = 0; k < K; ++k) out[k] = f16_to_f32(s[k / QK]) * float(q[k]);
+      for (std::int64_t k = 0; k < K; ++k) out[k] = f16_to_f32(s[k / QK]) * float(q[n * Kp + k]);
       return;
     }
     case WeightFormat::Q4_0: {

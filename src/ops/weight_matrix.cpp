@@ -75,9 +75,37 @@ WeightMatrix::WeightMatrix(const Tensor& w, WeightFormat format, WeightLayout la
   // Used in place, or read once to convert / pack: either way every page of a mapped source is
   // needed; one kernel pass maps them far faster than a fault per page.
   populate(w);
+  if (layout == WeightLayout::Panels && format == WeightFormat::Q8_0) {
+    // 16 rows at a time quantised row-major into a scratch block, then interleaved into their panel
+    if (k_ > (std::int64_t(1) << 40)) throw TensorError("WeightMatrix: too many columns to quantise");
+    kp_ = round_up(k_, QPAD);
+    const std::int64_t K = k_, Kp = kp_, KB = Kp / QK, P = (n_ + 15) / 16;
+    data_ = Tensor::empty({P, KB, 512}, DType::U8);
+    scales_ = Tensor::empty({P, KB, 16}, DType::F16);
+    auto* pq = static_cast<std::int8_t*>(data_.raw_mut());
+    auto* ps = static_cast<std::uint16_t*>(scales_.raw_mut());
+    const DType dt = w.dtype();
+    const auto* src = static_cast<const std::uint8_t*>(w.raw());
+    const std::size_t es = dtype_size(dt);
+    parallel_for(0, P, 1, [&](std::int64_t p0, std::int64_t p1) {
+      std::vector<float> row(std::size_t(std::max<std::int64_t>(K, 1)));
+      std::vector<std::int8_t> q(std::size_t(16 * Kp));
+      std::vector<std::uint16_t> sc(std::size_t(16 * KB));
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::int64_t rows = std::min<std::int64_t>(16, n_ - p * 16);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          convert_to_f32(src + std::size_t((p * 16 + r) * K) * es, dt, row.data(), std::size_t(K));
+          detail::quantize_row_q8(row.data(), K, Kp, q.data() + r * Kp, sc.data() + r * KB);
+        }
+        detail::pack_q8_panels(q.data(), sc.data(), rows, Kp, pq + p * KB * 512, ps + p * KB * 16);
+      }
+    });
+    defined_ = true;
+    return;
+  }
   if (layout == WeightLayout::Panels) {
     if (format != WeightFormat::F32 && format != WeightFormat::BF16)
-      throw InvalidArgument(std::string("WeightMatrix: the Panels layout is for f32 / bf16, not ") +
+      throw InvalidArgument(std::string("WeightMatrix: the Panels layout is for f32 / bf16 / q8_0, not ") +
                             weight_format_name(format));
     const std::int64_t N = n_, K = k_, P = (N + 31) / 32, KW = (K + 1) / 2;
     const bool f32 = format == WeightFormat::F32;
@@ -174,9 +202,39 @@ Tensor WeightMatrix::dequantize() const {
   return out;
 }
 
+WeightMatrix WeightMatrix::with_layout(WeightLayout layout) const {
+  if (!defined_) throw TensorError("WeightMatrix::with_layout: undefined matrix");
+  if (layout == layout_) return *this;
+  if (format_ == WeightFormat::Q8_0) {
+    WeightMatrix m = *this;
+    m.layout_ = layout;
+    const std::int64_t KB = kp_ / QK;
+    const auto* q = static_cast<const std::int8_t*>(data_.raw());
+    const auto* s = static_cast<const std::uint16_t*>(scales_.raw());
+    if (layout == WeightLayout::Panels) {
+      const std::int64_t P = (n_ + 15) / 16;
+      m.data_ = Tensor::empty({P, KB, 512}, DType::U8);
+      m.scales_ = Tensor::empty({P, KB, 16}, DType::F16);
+      detail::pack_q8_panels(q, s, n_, kp_, static_cast<std::int8_t*>(m.data_.raw_mut()),
+                             static_cast<std::uint16_t*>(m.scales_.raw_mut()));
+    } else {
+      m.data_ = Tensor::empty({n_, kp_}, DType::U8);
+      m.scales_ = Tensor::empty({n_, KB}, DType::F16);
+      detail::unpack_q8_panels(q, s, n_, kp_, static_cast<std::int8_t*>(m.data_.raw_mut()),
+                               static_cast<std::uint16_t*>(m.scales_.raw_mut()));
+    }
+    return m;
+  }
+  if (format_ == WeightFormat::Q4_0) throw InvalidArgument("WeightMatrix: q4_0 has the RowMajor layout only");
+  if (layout == WeightLayout::Panels) return WeightMatrix(data_, format_, WeightLayout::Panels);
+  Tensor t = dequantize();
+  return WeightMatrix(format_ == WeightFormat::BF16 ? t.to(DType::BF16) : t, format_);
+}
+
 std::vector<std::pair<std::string, Tensor>> WeightMatrix::to_tensors(const std::string& name) const {
   if (!defined_) throw TensorError("WeightMatrix::to_tensors: undefined matrix");
   std::vector<std::pair<std::string, Tensor>> out;
+  if (layout_ == WeightLayout::Panels && format_ == WeightFormat::Q8_0) return with_layout(WeightLayout::RowMajor).to_tensors(name);
   if (layout_ == WeightLayout::Panels) {
     Tensor t = dequantize();
     out.emplace_back(name, format_ == WeightFormat::BF16 ? t.to(DType::BF16) : t);  // bf16 -> f32 -> bf16 is exact

@@ -32,16 +32,24 @@
 //   from_tensors() borrows the tensors it is given (zero-copy from a memory-mapped file), so a
 //   quantised checkpoint loads without re-quantising.
 //
-// Layouts (F32 and BF16 only; Q8_0 / Q4_0 are always row-major):
+// Layouts (Q4_0 is always row-major):
 //   RowMajor  as above; borrows the source tensor where the dtype allows.
-//   Panels    prepacked for the GEMM kernels (built once at construction, same byte count plus
-//             padding): P = ceil(N / 32) panels of 32 weight rows (rows past N are zero).
+//   Panels    prepacked for the kernels (built once at construction, same byte count plus
+//             padding). F32 / BF16: P = ceil(N / 32) panels of 32 weight rows (rows past N are zero).
 //             F32:  float [P][K][32]              panel p, element (k, c) = w[32p + c][k]
 //             BF16: bf16  [P][ceil(K / 2)][32][2] element (j, c, e)   = w[32p + c][2j + e]
 //             (k = K when K is odd is zero) - the pairwise-interleaved layout a 64-byte load
 //             widens to two f32 vectors (or feeds vdpbf16ps). Use it for weights that mostly
 //             see many rows (the vision encoder): no per-call packing. The streaming kernels
 //             read it too, so one copy serves every M.
+//             Q8_0: P = ceil(N / 16) panels of 16 weight rows (rows past N: codes and scales 0),
+//             the codes of 16 rows interleaved in groups of 4 consecutive k:
+//             qs:     int8 [P][Kp / 32][8][16][4]   element (j, r, e) of (panel p, block b) =
+//                                                   q[16p + r][32b + 4j + e]
+//             scales: f16 [P][Kp / 32][16]          (p, b, r) = scale of row 16p + r, block b
+//             One 64-byte line holds 4 consecutive weights of 16 rows, so a broadcast group of
+//             4 activation bytes meets 16 outputs per integer dot-product instruction (vpdpbusd).
+//             Saved (to_tensors) in the row-major form above, bit for bit.
 //
 // linear() numerics, by the number of activation rows M (threshold: gemv_max_rows(), default 8):
 //   F32,  any M:         float32 activations, weights and accumulation.
@@ -90,7 +98,7 @@ class WeightMatrix {
   /// From a 2-d [N, K] F32 / BF16 / F16 tensor. F32 -> F32 and BF16 -> BF16 row-major share the
   /// tensor's memory (zero-copy); every other combination converts / quantises / packs (in
   /// parallel over rows). Throws TensorError for another rank or dtype, InvalidArgument for a
-  /// Panels layout of a Q format.
+  /// Panels layout of Q4_0.
   WeightMatrix(const Tensor& w, WeightFormat format, WeightLayout layout = WeightLayout::RowMajor);
 
   bool defined() const { return defined_; }
@@ -105,9 +113,13 @@ class WeightMatrix {
   /// The matrix as a new float32 [N, K] tensor (exact: the values linear() multiplies by).
   Tensor dequantize() const;
 
+  /// The same matrix in `layout` (a repacked copy; *this when it already is). The values, and
+  /// therefore what linear() computes, are unchanged. Throws InvalidArgument for Q4_0 Panels.
+  WeightMatrix with_layout(WeightLayout layout) const;
   /// Tensors that store this matrix under `name` (see the naming convention above); they share
   /// this matrix's memory, except for the Panels layout, which is written as the plain row-major
-  /// "<name>" tensor (load it back and construct with WeightLayout::Panels to re-pack).
+  /// "<name>" tensor (F32 / BF16) or the row-major Q8_0 tensors (copies; load them back and use
+  /// WeightLayout::Panels / with_layout() to re-pack).
   std::vector<std::pair<std::string, Tensor>> to_tensors(const std::string& name) const;
   /// Rebuilds a matrix saved by to_tensors() (zero-copy). F16 "<name>" is converted to F32.
   /// Throws TensorError when the tensors are missing or their dtypes / shapes disagree.
@@ -116,8 +128,8 @@ class WeightMatrix {
                                    const std::vector<std::pair<std::string, Tensor>>& tensors);
 
   // Raw storage for kernels. data(): float (F32), uint16 bf16 bits (BF16), int8 (Q8_0),
-  // packed nibbles (Q4_0), in the layout() above. scales(): f16 bits [N, Kp / 32] (Q formats
-  // only, else null).
+  // packed nibbles (Q4_0), in the layout() above. scales(): f16 bits, [N, Kp / 32] (row-major) or
+  // [P][Kp / 32][16] (Q8_0 Panels) (Q formats only, else null).
   const void* data() const { return data_.raw(); }
   const std::uint16_t* scales() const { return static_cast<const std::uint16_t*>(scales_.raw()); }
   const Tensor& data_tensor() const { return data_; }
@@ -130,6 +142,12 @@ class WeightMatrix {
   WeightLayout layout_ = WeightLayout::RowMajor;
   bool defined_ = false;
 };
+
+/// The layout whose kernels read a matrix of `format` fastest on this CPU at the kernel level in
+/// use now (cpu_features()): Panels for F32 / BF16, Panels for Q8_0 at the AVX-512 level (its
+/// integer kernels are written for it) and RowMajor below it, RowMajor for Q4_0. linear() takes
+/// either layout at every level; only the speed differs.
+WeightLayout preferred_layout(WeightFormat format);
 
 /// The tensor names a matrix called `name` is stored under in `format` (the convention above):
 /// F32 / BF16: data = name (scale and shape empty); Q8_0: name.q8_0, name.q8_0_scale, name.shape;
