@@ -1,9 +1,10 @@
 // ops::linear on WeightMatrix formats (f32 / bf16 / q8_0 / q4_0) at the shapes that dominate
-// InstructBLIP: a decode step (M = 1) of Flan-T5-XL (2048 -> 5120) and Vicuna-7B (4096 -> 11008)
-// sized layers, reported as weight bytes streamed per second, and the ViT-g/14 MLP (M = 257,
-// 1408 <-> 6144), reported as GFLOPS; on 1 and 2 threads (context.cpp heads the table with the CPU).
+// InstructBLIP: a decode step of 1 and of 8 rows (a batch) of Flan-T5-XL (2048 -> 5120) and
+// Vicuna-7B (4096 -> 11008) sized layers, reported as weight bytes streamed per second, a Flan-T5-XL
+// prompt (M = 48) and the ViT-g/14 MLP (M = 257, 1408 <-> 6144), reported as GFLOPS; on 1 and 2
+// threads (context.cpp heads the table with the CPU).
 // variant: 0 row-major, 1 Panels layout (f32 / bf16 / q8_0), 2 bf16-activation GEMM through the
-// process-wide set_gemm_bf16_activations (M = 257; bf16 in Panels layout; AMX when available).
+// process-wide set_gemm_bf16_activations (M > 8; bf16 in Panels layout; AMX when available).
 // BM_bf16_compute: the per-call GemmCompute::BF16 regime (AMX vs vdpbf16ps) at the ViT-g/14 and
 // Q-Former shapes; BM_f32_gemm: F32 weights, own GEMM vs Eigen. The label names the kernel.
 #include <benchmark/benchmark.h>
@@ -75,6 +76,7 @@ void shapes(benchmark::internal::Benchmark* b) {
   for (int fmt = 0; fmt < 4; ++fmt)
     for (auto mkn : {std::array<int, 3>{1, 2048, 5120}, std::array<int, 3>{1, 4096, 11008},
                      std::array<int, 3>{8, 2048, 5120}, std::array<int, 3>{8, 4096, 11008},
+                     std::array<int, 3>{48, 2048, 2048}, std::array<int, 3>{48, 2048, 5120},
                      std::array<int, 3>{257, 1408, 6144}, std::array<int, 3>{257, 6144, 1408}})
       for (int variant = 0; variant < 3; ++variant) {
         if (variant == 1 && fmt > 2) continue;                // Panels: f32 / bf16 / q8_0
