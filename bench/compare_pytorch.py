@@ -59,10 +59,16 @@ def main():
                         "bf16", "--max-shard-gb", "2", "--processor-from",
                         os.path.join(ROOT, "models", "tiny-random-flan-t5")], check=True)
 
+    # the formats alternate rep by rep, so that a drift of the machine's speed during the run (its
+    # memory bandwidth moves between minutes here) falls on every format alike
+    fmts = a.formats.split(",")
+    runs = {fmt: [] for fmt in fmts}
+    for _ in range(a.reps):
+        for fmt in fmts:
+            runs[fmt].append(run_ours(a.build, a.checkpoint, a.image, fmt))
     ours = {}
-    for fmt in a.formats.split(","):
-        runs = [run_ours(a.build, a.checkpoint, a.image, fmt) for _ in range(a.reps)]
-        ours[fmt] = {"median": median_record(runs), "runs": runs}
+    for fmt in fmts:
+        ours[fmt] = {"median": median_record(runs[fmt]), "runs": runs[fmt]}
         print(f"instructblip.cpp {fmt}: {ours[fmt]['median']}", file=sys.stderr, flush=True)
 
     torch = {}

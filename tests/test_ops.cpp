@@ -7,6 +7,7 @@
 #include <random>
 
 #include "instructblip/ops/ops.hpp"
+#include "ops/cpu.hpp"
 
 using namespace instructblip;
 using M = MatrixF;
@@ -165,6 +166,44 @@ TEST(Softmax, StableAndNormalised) {
   float ls[3] = {1, 2, 3}, out[3];
   ops::log_softmax_row(ls, out, 3);
   EXPECT_NEAR(out[2], -std::log(z), 1e-6);
+}
+
+// softmax_row<float> runs on the kernel levels: every level within 2e-6 relative of the double
+// formula, masked (-inf or very negative) entries exactly 0, a NaN spreads over its row.
+TEST(Softmax, FloatRowsAtEveryLevel) {
+  const float inf = std::numeric_limits<float>::infinity();
+  int checked = 0;
+  for (unsigned mask : {0u, unsigned(ops::kIsaAvx512), unsigned(ops::kIsaAvx512 | ops::kIsaAvx2)}) {
+    ops::set_disabled_isa(mask);
+    for (std::size_t n : {1, 5, 16, 17, 257, 1000}) {
+      SCOPED_TRACE("mask " + std::to_string(mask) + " n=" + std::to_string(n));
+      M r = random_matrix(1, Eigen::Index(n), unsigned(n), 4.f);
+      std::vector<float> x(r.data(), r.data() + n);
+      if (n > 2) x[1] = -inf, x[2] = -1e30f;
+      std::vector<float> y = x;
+      ops::softmax_row(y.data(), n);
+      double m = -1e300, z = 0;
+      for (float v : x) m = std::max(m, double(v));
+      for (float v : x) z += std::exp(double(v) - m);
+      double sum = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const double want = std::exp(double(x[i]) - m) / z;
+        EXPECT_NEAR(y[i], want, 2e-6 * want + 1e-30) << i;
+        sum += y[i];
+      }
+      if (n > 2) {
+        EXPECT_EQ(y[1], 0.0f);
+        EXPECT_EQ(y[2], 0.0f);
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+      x[0] = std::numeric_limits<float>::quiet_NaN();
+      ops::softmax_row(x.data(), n);
+      for (float v : x) EXPECT_TRUE(std::isnan(v));
+      ++checked;
+    }
+    ops::set_disabled_isa(0);
+  }
+  EXPECT_EQ(checked, 18);
 }
 
 TEST(Attention, SingleKeyReturnsItsValue) {

@@ -108,6 +108,8 @@ bool compiled();
 void gemv(const WeightMatrix& W, const GemvArgs& g, const QuantAct* qa, bool vnni);
 void gemm(const WeightMatrix& W, const GemvArgs& g, GemmKind kind);
 void activate(Activation a, float* p, std::int64_t n);
+/// Softmax of one row in place (see activations.hpp, softmax_row<float>).
+void softmax_row(float* x, std::int64_t n);
 /// Panels [kw][32] words of one 32-row panel (rows <= 32 valid rows of `src`, row stride K
 /// elements; bf16: word = element pair, KW = (K + 1) / 2 words; f32: KW = K), the layout of
 /// WeightMatrix's Panels (weights.hpp). Writes exactly KW * 32 words.

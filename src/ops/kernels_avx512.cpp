@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -35,6 +36,7 @@ void gemv(const WeightMatrix&, const GemvArgs&, const QuantAct*, bool) {
 }
 void gemm(const WeightMatrix&, const GemvArgs&, GemmKind) { throw InvalidArgument("ops: this build has no AVX-512 kernels"); }
 void activate(Activation, float*, std::int64_t) { throw InvalidArgument("ops: this build has no AVX-512 kernels"); }
+void softmax_row(float*, std::int64_t) { throw InvalidArgument("ops: this build has no AVX-512 kernels"); }
 void pack_panel(const void*, std::int64_t, std::int64_t, bool, void*) {
   throw InvalidArgument("ops: this build has no AVX-512 kernels");
 }
@@ -913,6 +915,46 @@ void gemm(const WeightMatrix& W, const GemvArgs& g, GemmKind kind) {
 }
 
 void activate(Activation a, float* p, std::int64_t n) { apply_activation(a, p, n); }
+
+void softmax_row(float* x, std::int64_t n) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 vm = ninf;
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) vm = _mm512_max_ps(_mm512_loadu_ps(x + i), vm);  // (drops NaN)
+  if (i < n) vm = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, mask16(n - i), x + i), vm);
+  const float m = _mm512_reduce_max_ps(vm);
+  if (m == -std::numeric_limits<float>::infinity()) {  // all -inf: zeros; -inf and NaN only: NaN
+    const bool nan = std::any_of(x, x + n, [](float v) { return v != v; });
+    std::fill(x, x + n, nan ? std::numeric_limits<float>::quiet_NaN() : 0.f);
+    return;
+  }
+  const __m512 vmax = _mm512_set1_ps(m);
+  // e^(x - m) for x - m <= 0: exactly 0 below -87.3 (no subnormal results), NaN kept (exp_avx512
+  // clamps to [-104, 88.7] with max / min, which would drop it)
+  auto expd = [](__m512 d) {
+    const __mmask16 keep = _mm512_cmp_ps_mask(d, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);  // >= or NaN
+    const __mmask16 nan = _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(keep, exp_avx512(d)), nan, d);
+  };
+  __m512 vs = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 e = expd(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax));
+    _mm512_storeu_ps(x + i, e);
+    vs = _mm512_add_ps(vs, e);
+  }
+  if (i < n) {
+    const __mmask16 k = mask16(n - i);
+    const __m512 e = _mm512_maskz_mov_ps(k, expd(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vmax)));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    vs = _mm512_add_ps(vs, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vs));
+  for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+  if (i < n) {
+    const __mmask16 k = mask16(n - i);
+    _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+  }
+}
 
 void pack_panel(const void* src, std::int64_t K, std::int64_t rows, bool bf16, void* dst) {
   const std::int64_t KW = bf16 ? (K + 1) / 2 : K;

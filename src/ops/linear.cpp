@@ -66,6 +66,12 @@ void gemv(const WeightMatrix& W, const GemvArgs& g) {
 
 }  // namespace
 
+template <>
+void softmax_row<float>(float* x, std::size_t n) {
+  if (n > 0 && use_avx512()) avx512::softmax_row(x, std::int64_t(n));
+  else softmax_row_std(x, n);
+}
+
 void gelu_vectorized(float* x, std::size_t n) { apply_activation(Activation::Gelu, x, std::int64_t(n)); }
 void activate_vectorized(Activation a, float* x, std::size_t n) { apply_activation(a, x, std::int64_t(n)); }
 

@@ -57,9 +57,10 @@ void activate(Activation a, T* x, std::size_t n) {
   }
 }
 
-/// Softmax of one row in place: subtracts the max first; a row of all -inf becomes all zeros.
+/// Softmax of one row in place with std::exp: subtracts the max first; a row of all -inf becomes
+/// all zeros.
 template <typename T>
-void softmax_row(T* x, std::size_t n) {
+void softmax_row_std(T* x, std::size_t n) {
   if (n == 0) return;
   T m = *std::max_element(x, x + n);
   if (m == -std::numeric_limits<T>::infinity()) {
@@ -74,6 +75,17 @@ void softmax_row(T* x, std::size_t n) {
   const T inv = T(1) / s;
   for (std::size_t i = 0; i < n; ++i) x[i] *= inv;
 }
+
+/// Softmax of one row in place (softmax_row_std).
+template <typename T>
+void softmax_row(T* x, std::size_t n) {
+  softmax_row_std(x, n);
+}
+/// float: the same on the kernel levels (cpu_features()): at the AVX-512 level with a vectorised exp
+/// (max relative error ~2 ulp against std::exp; inputs below -87.3, -inf included, give exactly 0;
+/// a NaN makes the row NaN) and 16 partial sums; below it, the code above.
+template <>
+void softmax_row<float>(float* x, std::size_t n);
 
 /// Row-wise softmax in place.
 template <typename T>
