@@ -4,7 +4,7 @@
 // prompt (M = 48) and the ViT-g/14 MLP (M = 257, 1408 <-> 6144), reported as GFLOPS; on 1 and 2
 // threads (context.cpp heads the table with the CPU).
 // variant: 0 row-major, 1 Panels layout (f32 / bf16 / q8_0), 2 bf16-activation GEMM through the
-// process-wide set_gemm_bf16_activations (M > 8; bf16 in Panels layout; AMX when available).
+// process-wide set_gemm_bf16_activations (M > 8; the layout of ops::preferred_layout; AMX when available).
 // BM_bf16_compute: the per-call GemmCompute::BF16 regime (AMX vs vdpbf16ps) at the ViT-g/14 and
 // Q-Former shapes; BM_f32_gemm: F32 weights, own GEMM vs Eigen. The label names the kernel.
 #include <benchmark/benchmark.h>
@@ -52,9 +52,12 @@ void BM_weights(benchmark::State& state) {
   const auto M = state.range(1), K = state.range(2), N = state.range(3);
   const int threads = int(state.range(4)), variant = int(state.range(5));
   set_num_threads(threads);
-  const bool panels = variant == 1 || (variant == 2 && f == ops::WeightFormat::BF16);
+  // variant 2 takes the layout the loaders give the format on this CPU (ops::preferred_layout)
+  const auto layout = variant == 1   ? ops::WeightLayout::Panels
+                      : variant == 2 ? ops::preferred_layout(f)
+                                     : ops::WeightLayout::RowMajor;
   ops::set_gemm_bf16_activations(variant == 2);
-  const ops::WeightMatrix& W = weight(f, panels ? ops::WeightLayout::Panels : ops::WeightLayout::RowMajor, N, K);
+  const ops::WeightMatrix& W = weight(f, layout, N, K);
   MatrixF x = random_matrix(M, K, 7), y(M, N);
   std::vector<float> b(std::size_t(N), 0.5f);
   for (auto _ : state) {
