@@ -137,7 +137,10 @@ WeightLayout preferred_layout(WeightFormat format) {
   switch (format) {
     case WeightFormat::F32:
     case WeightFormat::BF16: return WeightLayout::Panels;
-    case WeightFormat::Q8_0: return level() == Level::Avx512 ? WeightLayout::Panels : WeightLayout::RowMajor;
+    // (AMX machines keep row-major q8_0: their prompt products load rows into AMX tiles straight,
+    // where panels would need a gather per 64 weights; not measured there yet)
+    case WeightFormat::Q8_0:
+      return level() == Level::Avx512 && !use_amx() ? WeightLayout::Panels : WeightLayout::RowMajor;
     case WeightFormat::Q4_0: break;
   }
   return WeightLayout::RowMajor;

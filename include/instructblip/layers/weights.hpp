@@ -44,8 +44,8 @@ enum class MatrixRole : std::uint8_t {
 /// stay bf16 under every reduced format. Layout: under a reduced format every f32 / bf16 matrix is
 /// packed into panels at load (packs_in_place); under f32, a matrix stored as f32 is used in place
 /// (row-major, mapped) and one converted from another dtype is packed. q8_0 matrices, quantised at
-/// load or stored so, take ops::preferred_layout (16-row panels at the AVX-512 level, whose integer
-/// kernels read them: a stored one is repacked once and its mapped pages released). T5's FFN output projection `wo` is never quantised:
+/// load or stored so, take ops::preferred_layout (16-row panels at the AVX-512 level without AMX,
+/// whose integer kernels read them: a stored one is repacked once and its mapped pages released). T5's FFN output projection `wo` is never quantised:
 /// transformers keeps it in float32 against float16 overflow (`_keep_in_fp32_modules`); bfloat16
 /// has float32's exponent range, so it is kept bf16. The output head is never below 8 bits.
 /// Arithmetic: under f32 everything is float32. Under a reduced format, products over many rows

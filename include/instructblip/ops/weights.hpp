@@ -145,8 +145,9 @@ class WeightMatrix {
 
 /// The layout whose kernels read a matrix of `format` fastest on this CPU at the kernel level in
 /// use now (cpu_features()): Panels for F32 / BF16, Panels for Q8_0 at the AVX-512 level (its
-/// integer kernels are written for it) and RowMajor below it, RowMajor for Q4_0. linear() takes
-/// either layout at every level; only the speed differs.
+/// integer kernels are written for it) and RowMajor below it or with AMX (whose prompt products
+/// read rows), RowMajor for Q4_0. linear() takes either layout at every level; only the speed
+/// differs.
 WeightLayout preferred_layout(WeightFormat format);
 
 /// The tensor names a matrix called `name` is stored under in `format` (the convention above):
